@@ -1,0 +1,50 @@
+"""Every Redis key and channel name, built in one place under a configurable prefix.
+
+Keys of one session share the hash tag `{session_id}` so that every script that
+touches several of them stays on one slot of a Redis Cluster. The global keys
+(deadline index, job stream) are never touched together with session keys in
+one script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds key names for one deployment (one `prefix`)."""
+
+    prefix: str
+
+    def session(self, session_id: str) -> str:
+        """Hash holding one approval session: status, request, calls, decisions, results."""
+        return f"{self.prefix}:session:{{{session_id}}}"
+
+    def wakeup_channel(self, session_id: str) -> str:
+        """Pub/sub channel that tells the holder of a session to re-read it."""
+        return f"{self.prefix}:wake:{{{session_id}}}"
+
+    @property
+    def hub_channel(self) -> str:
+        """Channel every process's wake-up hub keeps subscribed (keeps its connection open)."""
+        return f"{self.prefix}:hub"
+
+    @property
+    def deadlines(self) -> str:
+        """Sorted set of pending session ids scored by their deadline (unix seconds)."""
+        return f"{self.prefix}:deadlines"
+
+    @property
+    def jobs(self) -> str:
+        """Stream of tool jobs consumed by the workers' group."""
+        return f"{self.prefix}:jobs"
+
+    @property
+    def jobs_group(self) -> str:
+        """Consumer group of the workers on the job stream."""
+        return "workers"
+
+    def wakeup_session_id(self, channel: str) -> str:
+        """The session id a wake-up channel name belongs to."""
+        return channel[channel.index("{") + 1 : channel.rindex("}")]

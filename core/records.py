@@ -1,0 +1,247 @@
+"""Approval sessions and tool calls: their statuses, allowed transitions and stored form.
+
+A session is one round of tool calls the model asked for. Its record is one
+Redis hash (see `core.keys.Keys.session`); per-call state sits in fields named
+`<kind>:<tool_call_id>` so that each transition script changes only what it
+must. Nothing read back is evaluated: every field is JSON or a plain string,
+validated here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+import orjson
+import rfc8785
+from pydantic import BaseModel, Field
+
+from core.settings import PolicyMode
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class SessionStatus(StrEnum):
+    """Where an approval session is in its life."""
+
+    PENDING = "pending"
+    """Waiting for a human decision on at least one call."""
+    APPROVED = "approved"
+    """Every call is decided and at least one may run."""
+    REJECTED = "rejected"
+    """Every call is decided and none may run."""
+    EXPIRED = "expired"
+    """The deadline passed first; undecided calls count as rejected."""
+    RUNNING = "running"
+    """One replica has claimed the continuation: tools are queued, the model continues."""
+    COMPLETED = "completed"
+    """The continuation finished."""
+    FAILED = "failed"
+    """The continuation broke (upstream error); the decisions stand."""
+
+
+class CallStatus(StrEnum):
+    """Where one tool call is: first its decision, then its execution."""
+
+    PENDING = "pending"
+    """Waiting for a decision."""
+    APPROVED = "approved"
+    """May run (by a person's decision or by `auto` policy); not queued yet."""
+    REJECTED = "rejected"
+    """A person said no; the model gets the reason."""
+    DENIED = "denied"
+    """Policy said no; it never runs."""
+    EXPIRED = "expired"
+    """Undecided at the deadline; treated as rejected."""
+    QUEUED = "queued"
+    """Handed to the workers."""
+    RUNNING = "running"
+    """A worker started it: it may have had effects."""
+    SUCCEEDED = "succeeded"
+    """Ran and returned a result."""
+    FAILED = "failed"
+    """Ran and raised, or timed out; the error is the result the model sees."""
+
+
+SESSION_TRANSITIONS: Mapping[SessionStatus, frozenset[SessionStatus]] = {
+    SessionStatus.PENDING: frozenset(
+        {SessionStatus.APPROVED, SessionStatus.REJECTED, SessionStatus.EXPIRED}
+    ),
+    SessionStatus.APPROVED: frozenset({SessionStatus.RUNNING}),
+    SessionStatus.REJECTED: frozenset({SessionStatus.RUNNING}),
+    SessionStatus.EXPIRED: frozenset({SessionStatus.RUNNING}),
+    SessionStatus.RUNNING: frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED}),
+    SessionStatus.COMPLETED: frozenset(),
+    SessionStatus.FAILED: frozenset(),
+}
+
+DECIDED_STATUSES = frozenset({SessionStatus.APPROVED, SessionStatus.REJECTED, SessionStatus.EXPIRED})
+"""A session in one of these is waiting for a replica to run its continuation."""
+
+CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
+    CallStatus.PENDING: frozenset({CallStatus.APPROVED, CallStatus.REJECTED, CallStatus.EXPIRED}),
+    CallStatus.APPROVED: frozenset({CallStatus.QUEUED}),
+    CallStatus.QUEUED: frozenset({CallStatus.RUNNING}),
+    CallStatus.RUNNING: frozenset({CallStatus.SUCCEEDED, CallStatus.FAILED}),
+    CallStatus.REJECTED: frozenset(),
+    CallStatus.DENIED: frozenset(),
+    CallStatus.EXPIRED: frozenset(),
+    CallStatus.SUCCEEDED: frozenset(),
+    CallStatus.FAILED: frozenset(),
+}
+
+CALL_DONE_STATUSES = frozenset(
+    {
+        CallStatus.REJECTED,
+        CallStatus.DENIED,
+        CallStatus.EXPIRED,
+        CallStatus.SUCCEEDED,
+        CallStatus.FAILED,
+    }
+)
+"""A call in one of these has its one tool message ready."""
+
+
+def sources_of(target: SessionStatus) -> list[str]:
+    """The statuses a session may move to `target` from, as script arguments."""
+    return sorted(s.value for s, targets in SESSION_TRANSITIONS.items() if target in targets)
+
+
+def arguments_sha256(arguments: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the RFC 8785 canonical JSON of a call's arguments."""
+    return hashlib.sha256(rfc8785.dumps(dict(arguments))).hexdigest()
+
+
+DecisionKind = Literal["approve", "reject"]
+
+
+class Decision(BaseModel):
+    """What was decided about one call, by whom or by what."""
+
+    decision: DecisionKind
+    reason: str = ""
+    actor: str = "anonymous"
+    """Who decided: `policy`, `deadline`, or the approver."""
+    decided_at: float = 0.0
+
+
+class ToolResult(BaseModel):
+    """The outcome of running one call, as the worker stored it."""
+
+    status: Literal["succeeded", "failed"]
+    content: str
+    worker: str = ""
+    duration_ms: float = 0.0
+
+
+class ToolCall(BaseModel):
+    """One call the model asked for, as fixed when the session was created."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+    arguments_sha256: str
+    policy: PolicyMode
+
+
+class ToolCallView(ToolCall):
+    """A call with its current status, decision and result, as the API shows it."""
+
+    status: CallStatus
+    decision: Decision | None = None
+    result: ToolResult | None = None
+
+
+class ApprovalSession(BaseModel):
+    """The approvals API's view of one session."""
+
+    id: str
+    object: Literal["approval_session"] = "approval_session"
+    status: SessionStatus
+    protocol: Literal["openai", "legacy"]
+    model: str
+    created_at: float
+    expires_at: float
+    tool_calls: list[ToolCallView]
+
+
+class Continuation(BaseModel):
+    """What a replica needs to continue the conversation after the decision."""
+
+    messages: list[dict[str, Any]]
+    """The conversation up to and including the assistant message with the calls."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Upstream parameters of the original request (temperature, max_tokens, ...)."""
+    client_tools: list[dict[str, Any]] = Field(default_factory=list)
+    rounds_used: int = 1
+
+
+class SessionRecord(BaseModel):
+    """A session as read back from its hash."""
+
+    view: ApprovalSession
+    continuation: Continuation
+
+    @property
+    def id(self) -> str:
+        return self.view.id
+
+    @property
+    def status(self) -> SessionStatus:
+        return self.view.status
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[str, str]) -> SessionRecord:
+        """Validate the raw hash fields of a session."""
+        calls = [ToolCall.model_validate(c) for c in orjson.loads(fields["calls"])]
+        views = [
+            ToolCallView(
+                **call.model_dump(),
+                status=CallStatus(fields[f"status:{call.id}"]),
+                decision=_optional(Decision, fields.get(f"decision:{call.id}")),
+                result=_optional(ToolResult, fields.get(f"result:{call.id}")),
+            )
+            for call in calls
+        ]
+        view = ApprovalSession(
+            id=fields["id"],
+            status=SessionStatus(fields["status"]),
+            protocol=fields["protocol"],  # type: ignore[arg-type]
+            model=fields["model"],
+            created_at=float(fields["created_at"]),
+            expires_at=float(fields["expires_at"]),
+            tool_calls=views,
+        )
+        return cls(view=view, continuation=Continuation.model_validate_json(fields["continuation"]))
+
+
+def new_session_fields(
+    session: ApprovalSession, continuation: Continuation, initial: Mapping[str, Decision]
+) -> dict[str, str]:
+    """The hash fields of a new session; `initial` holds the decisions policy already made."""
+    fields = {
+        "id": session.id,
+        "status": session.status.value,
+        "protocol": session.protocol,
+        "model": session.model,
+        "created_at": repr(session.created_at),
+        "expires_at": repr(session.expires_at),
+        "calls": orjson.dumps(
+            [c.model_dump(mode="json", include=_CALL_FIELDS) for c in session.tool_calls]
+        ).decode(),
+        "continuation": continuation.model_dump_json(),
+    }
+    for call in session.tool_calls:
+        fields[f"status:{call.id}"] = call.status.value
+        if call.id in initial:
+            fields[f"decision:{call.id}"] = initial[call.id].model_dump_json()
+    return fields
+
+
+_CALL_FIELDS = set(ToolCall.model_fields)
+
+
+def _optional(model: type[_M], raw: str | None) -> _M | None:
+    return None if raw is None else model.model_validate_json(raw)

@@ -1,0 +1,92 @@
+"""The one reader of the environment: every process builds a `Settings` and passes it on.
+
+Variables use the prefix `GATEWAY_`; nested groups use `__`
+(`GATEWAY_OFFLINE__TOKEN_DELAY_S=0.01`). A `.env` file in the working
+directory is read too.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PolicyMode(StrEnum):
+    """What the gateway does when the model asks for a tool."""
+
+    AUTO = "auto"
+    """Run without asking anyone."""
+    ASK = "ask"
+    """Hold the call until a human decides."""
+    DENY = "deny"
+    """Never run; the model is told the call was denied."""
+
+
+class OfflineModelSettings(BaseModel):
+    """The built-in stand-in for an LLM (`offline-model` command)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8001
+    token_delay_s: float = Field(default=0.0, ge=0.0, description="pause between streamed deltas")
+    reply_words: int = Field(default=12, ge=1, description="length of the default reply")
+
+
+class WorkerSettings(BaseModel):
+    """The tool executor (`gateway-worker` command)."""
+
+    name: str = ""
+    """Consumer name in the group; empty means hostname-pid."""
+    concurrency: int = Field(default=8, ge=1)
+    tool_timeout_s: float = Field(default=30.0, gt=0)
+    max_result_bytes: int = Field(default=64 * 1024, ge=256)
+    block_ms: int = Field(default=2000, ge=10)
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the gateway, the worker and the offline model."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    # Redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "ag"
+    redis_timeout_s: float = Field(default=2.0, gt=0, description="bound on every hot-path call")
+
+    # Upstream model; the default points at the offline model's default address.
+    upstream_base_url: str = "http://127.0.0.1:8001/v1"
+    upstream_api_key: SecretStr = SecretStr("offline")
+    upstream_model: str = "offline-model"
+    upstream_timeout_s: float = Field(default=120.0, gt=0)
+
+    # Tools and policy
+    tools: str = "examples.tools:TOOLS"
+    tool_policy: dict[str, PolicyMode] = Field(default_factory=dict)
+
+    # Approvals
+    approval_timeout_s: float = Field(default=600.0, gt=0)
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    reread_interval_s: float = Field(default=2.0, gt=0)
+    tool_result_timeout_s: float = Field(default=120.0, gt=0, description="wait for workers")
+    session_retention_s: int = Field(default=24 * 3600, ge=60)
+
+    # Limits
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_messages: int = Field(default=256, ge=1)
+    max_tool_rounds: int = Field(default=8, ge=1)
+    max_held_streams: int = Field(default=10_000, ge=1)
+    max_pending_sessions: int = Field(default=10_000, ge=1)
+
+    # Gateway HTTP server
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    offline: OfflineModelSettings = Field(default_factory=OfflineModelSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -1,0 +1,170 @@
+"""Approval sessions in Redis: create, read, list, and the transitions (see `core.scripts`)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from core import scripts
+from core.errors import DecisionConflict, SessionExpired, SessionNotFound
+from core.keys import Keys
+from core.records import (
+    ApprovalSession,
+    Continuation,
+    Decision,
+    DecisionKind,
+    SessionRecord,
+    SessionStatus,
+    ToolResult,
+    new_session_fields,
+    sources_of,
+)
+
+
+def new_session_id() -> str:
+    """An unguessable session id (128 random bits)."""
+    return "as_" + secrets.token_hex(16)
+
+
+class SessionStore:
+    """Reads and changes approval sessions; every change is one atomic script."""
+
+    def __init__(self, redis: Redis, keys: Keys, retention_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.retention_s = retention_s
+        self._decide_all = redis.register_script(scripts.DECIDE_ALL)
+        self._expire = redis.register_script(scripts.EXPIRE_IF_OVERDUE)
+        self._begin_run = redis.register_script(scripts.BEGIN_RUN)
+        self._transition = redis.register_script(scripts.TRANSITION)
+        self._start_call = redis.register_script(scripts.START_CALL)
+        self._finish_call = redis.register_script(scripts.FINISH_CALL)
+
+    async def create(
+        self,
+        session: ApprovalSession,
+        continuation: Continuation,
+        initial: Mapping[str, Decision],
+    ) -> None:
+        """Store a new session; a pending one also enters the deadline index."""
+        key = self.keys.session(session.id)
+        ttl = int(max(session.expires_at - time.time(), 0)) + self.retention_s
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=new_session_fields(session, continuation, initial))
+            pipe.expire(key, ttl)
+            if session.status is SessionStatus.PENDING:
+                pipe.zadd(self.keys.deadlines, {session.id: session.expires_at})
+            await pipe.execute()
+
+    async def get(self, session_id: str) -> SessionRecord:
+        """The session, or `SessionNotFound`."""
+        fields = await self.redis.hgetall(self.keys.session(session_id))
+        if not fields:
+            raise SessionNotFound(f"no approval session {session_id!r}")
+        return SessionRecord.from_hash(fields)
+
+    async def list_pending(self, limit: int = 100) -> list[ApprovalSession]:
+        """Pending sessions, soonest deadline first."""
+        ids = await self.redis.zrange(self.keys.deadlines, 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                pipe.hgetall(self.keys.session(session_id))
+            rows = await pipe.execute()
+        records = [SessionRecord.from_hash(r) for r in rows if r]
+        return [r.view for r in records if r.status is SessionStatus.PENDING]
+
+    async def count_pending(self) -> int:
+        """How many sessions sit in the deadline index."""
+        return int(await self.redis.zcard(self.keys.deadlines))
+
+    async def decide_all(
+        self, session_id: str, decision: DecisionKind, reason: str, actor: str
+    ) -> tuple[bool, SessionRecord]:
+        """Decide every pending call; returns (applied now, session). Repeats are not errors."""
+        outcome, *rest = await self._decide_all(
+            keys=[self.keys.session(session_id)],
+            args=[decision, reason, actor, self.keys.wakeup_channel(session_id)],
+        )
+        if outcome == "not_found":
+            raise SessionNotFound(f"no approval session {session_id!r}")
+        if outcome == "expired":
+            await self.redis.zrem(self.keys.deadlines, session_id)
+            raise SessionExpired(f"approval session {session_id!r} expired before the decision")
+        if outcome == "conflict":
+            raise DecisionConflict(
+                f"approval session {session_id!r} is {rest[0]}; "
+                f"it was decided differently or has nothing left to {decision}"
+            )
+        if outcome == "ok":
+            await self.redis.zrem(self.keys.deadlines, session_id)
+        return outcome == "ok", SessionRecord.from_hash(_pairs(rest[0]))
+
+    async def expire_if_overdue(self, session_id: str) -> SessionStatus | None:
+        """Expire a pending session whose deadline passed; the status after, or None."""
+        status = await self._expire(
+            keys=[self.keys.session(session_id)], args=[self.keys.wakeup_channel(session_id)]
+        )
+        if status is None:
+            await self.redis.zrem(self.keys.deadlines, session_id)
+            return None
+        if status != SessionStatus.PENDING:
+            await self.redis.zrem(self.keys.deadlines, session_id)
+        return SessionStatus(status)
+
+    async def overdue(self, limit: int = 100) -> list[str]:
+        """Ids in the deadline index whose deadline has passed."""
+        return list(
+            await self.redis.zrangebyscore(self.keys.deadlines, "-inf", time.time(), 0, limit)
+        )
+
+    async def begin_run(self, session_id: str, runner: str) -> list[str] | None:
+        """Claim the continuation of a decided session: the queued call ids, or None if taken."""
+        outcome, *rest = await self._begin_run(
+            keys=[self.keys.session(session_id)],
+            args=[" ".join(sources_of(SessionStatus.RUNNING)), runner],
+        )
+        if outcome == "not_found":
+            raise SessionNotFound(f"no approval session {session_id!r}")
+        if outcome == "refused":
+            return None
+        return list(rest[0])
+
+    async def finish(self, session_id: str, target: SessionStatus) -> bool:
+        """Move a running session to `completed` or `failed`; False if it was not running."""
+        outcome, *_ = await self._transition(
+            keys=[self.keys.session(session_id)],
+            args=[
+                target.value,
+                " ".join(sources_of(target)),
+                self.retention_s,
+                self.keys.wakeup_channel(session_id),
+            ],
+        )
+        return bool(outcome == "ok")
+
+    async def start_call(self, session_id: str, call_id: str, worker: str) -> dict[str, Any] | None:
+        """Take a queued call to run it: its stored form, or None when it must not run."""
+        outcome, *rest = await self._start_call(
+            keys=[self.keys.session(session_id)], args=[call_id, worker]
+        )
+        if outcome != "run":
+            return None
+        calls: list[dict[str, Any]] = orjson.loads(rest[0])
+        return next(c for c in calls if c["id"] == call_id)
+
+    async def finish_call(self, session_id: str, call_id: str, result: ToolResult) -> bool:
+        """Store a call's outcome and wake the holder; False if the call was not running."""
+        stored = await self._finish_call(
+            keys=[self.keys.session(session_id)],
+            args=[call_id, result.status, result.model_dump_json(), self.keys.wakeup_channel(session_id)],
+        )
+        return bool(stored)
+
+
+def _pairs(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))

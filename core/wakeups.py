@@ -1,0 +1,125 @@
+"""One pub/sub connection per process, fanned out to the local waiters of each session.
+
+Pub/sub only wakes; Redis state decides. A waiter subscribes, then the caller
+reads state, then waits. Waiters are also woken when their channel's
+subscription is (re)confirmed, which happens after every reconnect, and when
+the connection breaks, so a lost message costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class Waiter:
+    """A local waiter for one session's wake-ups."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.subscribed = asyncio.Event()
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        """Forget wake-ups so far (the caller is about to read state anyway)."""
+        self._event.clear()
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait for a wake-up or `timeout` seconds; True when woken."""
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._event.clear()
+        return True
+
+
+class WakeupHub:
+    """Multiplexes one Redis pub/sub connection to many local waiters."""
+
+    def __init__(self, redis: Redis, keys: Keys, subscribe_timeout_s: float) -> None:
+        self._pubsub = redis.pubsub()
+        self._keys = keys
+        self._subscribe_timeout_s = subscribe_timeout_s
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the connection and start reading."""
+        # A standing subscription keeps the connection open while no session is watched.
+        await self._pubsub.subscribe(self._keys.hub_channel)
+        self._reader = asyncio.create_task(self._read_forever(), name="wakeup-hub")
+
+    async def stop(self) -> None:
+        """Stop reading and close the connection."""
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._pubsub.aclose()
+
+    @property
+    def watched(self) -> int:
+        """How many sessions have local waiters."""
+        return len(self._waiters)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, session_id: str) -> AsyncIterator[Waiter]:
+        """Subscribe to a session's wake-ups; read state only after entering."""
+        channel = self._keys.wakeup_channel(session_id)
+        waiter = Waiter()
+        waiters = self._waiters.setdefault(channel, set())
+        waiters.add(waiter)
+        try:
+            if len(waiters) == 1:
+                await self._pubsub.subscribe(channel)
+            else:
+                waiter.subscribed.set()
+            # Bounded: if the confirmation is late, the periodic re-read covers the gap.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.subscribed.wait(), self._subscribe_timeout_s)
+            waiter.clear()
+            yield waiter
+        finally:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[channel]
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _read_forever(self) -> None:
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                log.warning("wake-up connection lost (%s); waking every waiter", error)
+                self._wake_all()
+                await asyncio.sleep(0.5)
+                continue
+            if message is not None:
+                self._dispatch(message["type"], message["channel"])
+
+    def _dispatch(self, kind: str, channel: str) -> None:
+        for waiter in self._waiters.get(channel, ()):
+            if kind == "subscribe":
+                waiter.subscribed.set()
+            waiter.wake()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.wake()

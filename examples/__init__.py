@@ -1,0 +1,1 @@
+"""Example tools and clients for the approval gateway."""

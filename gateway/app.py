@@ -1,0 +1,112 @@
+"""`create_app(settings)`: builds everything a replica needs; nothing is global."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from core.errors import GatewayError, RedisUnavailable
+from core.jobs import JobQueue
+from core.keys import Keys
+from core.settings import Settings
+from core.store import SessionStore
+from core.tools import ToolBox, load_tools
+from core.wakeups import WakeupHub
+from gateway import approvals, completions, health, legacy
+from gateway.conversation import Engine
+from gateway.sse import StreamSlots
+from gateway.sweeper import Sweeper
+from gateway.upstream import LangChainUpstream
+
+log = logging.getLogger(__name__)
+
+LEGACY_PATHS = frozenset({"/v1/chat/completion", "/v1/chat/approve"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The gateway's ASGI app for one replica."""
+    keys = Keys(settings.key_prefix)
+    toolbox = ToolBox(load_tools(settings.tools), settings.tool_policy)
+    runner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
+        store = SessionStore(redis, keys, settings.session_retention_s)
+        hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
+        await hub.start()
+        app.state.engine = Engine(
+            settings=settings,
+            store=store,
+            jobs=JobQueue(redis, keys),
+            hub=hub,
+            toolbox=toolbox,
+            upstream=LangChainUpstream(settings),
+            runner_id=runner_id,
+        )
+        app.state.stream_slots = StreamSlots(settings.max_held_streams)
+        sweeper = asyncio.create_task(Sweeper(store, runner_id).run_forever(), name="sweeper")
+        log.info("replica %s ready: %d server-side tools", runner_id, len(toolbox.tools))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await hub.stop()
+            await redis.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", completions.chat_completions, methods=["POST"]),
+        Route("/v1/approvals", approvals.list_approvals, methods=["GET"]),
+        Route("/v1/approvals/{session_id}", approvals.get_approval, methods=["GET"]),
+        Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
+        Route("/v1/chat/completion", legacy.chat_completion, methods=["POST"]),
+        Route("/v1/chat/approve", legacy.approve, methods=["POST"]),
+        Route("/health", legacy.health, methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"]),
+        Route("/readyz", health.readyz, methods=["GET"]),
+    ]
+    exception_handlers = {
+        GatewayError: _gateway_error,
+        RedisConnectionError: _redis_error,
+        RedisTimeoutError: _redis_error,
+        HTTPException: _http_error,
+    }
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)  # type: ignore[arg-type]
+
+
+async def _gateway_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, GatewayError)
+    body = legacy.error_body(error) if request.url.path in LEGACY_PATHS else error.body()
+    return JSONResponse(body, status_code=error.status_code)
+
+
+async def _redis_error(request: Request, error: Exception) -> Response:
+    log.warning("redis unavailable: %s", error)
+    return await _gateway_error(request, RedisUnavailable(f"redis is unavailable: {error}"))
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return JSONResponse({"error": {"code": code, "message": error.detail}}, status_code=error.status_code)

@@ -1,0 +1,349 @@
+"""The approval loop: stream a model turn, hold risky calls for a decision, run tools, continue.
+
+One loop serves every wire protocol: it yields `gateway.events` and the
+protocol modules render them. A conversation that needs approval opens an
+approval session in Redis; whoever continues it later (the holder of the
+stream, or a replica serving the first version's approve call) needs nothing
+but that session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from core.errors import DecisionConflict, Overloaded
+from core.jobs import JobQueue
+from core.records import (
+    CALL_DONE_STATUSES,
+    ApprovalSession,
+    CallStatus,
+    Continuation,
+    Decision,
+    SessionRecord,
+    SessionStatus,
+    ToolCallView,
+    arguments_sha256,
+)
+from core.settings import PolicyMode, Settings
+from core.store import SessionStore, new_session_id
+from core.tools import ToolBox
+from core.wakeups import Waiter, WakeupHub
+from gateway.events import (
+    ApprovalNotice,
+    ClientToolCalls,
+    ContentDelta,
+    Event,
+    Finished,
+    Heartbeat,
+    ToolEvent,
+)
+from gateway.upstream import RequestedCall, TurnEnd, Upstream
+
+HEARTBEAT = Heartbeat()
+
+
+@dataclass(slots=True)
+class Engine:
+    """What every conversation of one replica shares."""
+
+    settings: Settings
+    store: SessionStore
+    jobs: JobQueue
+    hub: WakeupHub
+    toolbox: ToolBox
+    upstream: Upstream
+    runner_id: str
+
+
+@dataclass(slots=True)
+class ChatContext:
+    """One chat request's choices, kept with its sessions so any replica can continue it."""
+
+    model: str
+    protocol: Literal["openai", "legacy"]
+    hold: bool
+    """Wait for decisions in this request (False: end the stream at the approval notice)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    client_tools: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
+        return cls(
+            model=record.view.model,
+            protocol=record.view.protocol,
+            hold=hold,
+            params=record.continuation.params,
+            client_tools=record.continuation.client_tools,
+        )
+
+
+@dataclass(slots=True)
+class _Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, turn: TurnEnd) -> None:
+        self.prompt_tokens += turn.prompt_tokens
+        self.completion_tokens += turn.completion_tokens
+
+
+async def converse(
+    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]], rounds_used: int = 0
+) -> AsyncIterator[Event]:
+    """Run the model until it answers, holding and running server-side tool calls on the way."""
+    usage = _Usage()
+    while True:
+        offer_tools = rounds_used < engine.settings.max_tool_rounds
+        tools = [*engine.toolbox.schemas, *ctx.client_tools] if offer_tools else []
+        turn = TurnEnd()
+        text: list[str] = []
+        async for piece in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
+            if isinstance(piece, TurnEnd):
+                turn = piece
+            else:
+                text.append(piece)
+                yield ContentDelta(piece)
+        usage.add(turn)
+        client_calls = [c for c in turn.calls if c.name not in engine.toolbox]
+        client_names = {t["function"]["name"] for t in ctx.client_tools}
+        if not turn.calls or (client_calls and all(c.name in client_names for c in client_calls)):
+            if client_calls:
+                yield ClientToolCalls([_openai_call(c) for c in client_calls])
+            yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
+            return
+        messages = [*messages, _assistant_message("".join(text), turn.calls)]
+        rounds_used += 1
+        session = await _open_session(engine, ctx, messages, turn.calls, rounds_used)
+        if session.status is SessionStatus.PENDING:
+            yield ApprovalNotice(session)
+            if not ctx.hold:
+                return
+            async for event in _await_decision(engine, session.id):
+                yield event
+        tool_messages: list[dict[str, Any]] = []
+        async for event in run_tools(engine, session.id, tool_messages):
+            yield event
+        messages = [*messages, *tool_messages]
+
+
+async def resume(engine: Engine, session_id: str, *, hold: bool) -> AsyncIterator[Event]:
+    """Continue a decided session here: run its tools, then the model."""
+    record = await engine.store.get(session_id)
+    tool_messages: list[dict[str, Any]] = []
+    async for event in run_tools(engine, session_id, tool_messages):
+        yield event
+    ctx = ChatContext.of_session(record, hold=hold)
+    messages = [*record.continuation.messages, *tool_messages]
+    async for event in converse(engine, ctx, messages, record.continuation.rounds_used):
+        yield event
+
+
+async def _open_session(
+    engine: Engine,
+    ctx: ChatContext,
+    messages: list[dict[str, Any]],
+    calls: Sequence[RequestedCall],
+    rounds_used: int,
+) -> ApprovalSession:
+    now = time.time()
+    views: list[ToolCallView] = []
+    initial: dict[str, Decision] = {}
+    for call in calls:
+        view, decision = _classify(engine.toolbox, call, now)
+        views.append(view)
+        if decision is not None:
+            initial[call.id] = decision
+    statuses = {v.status for v in views}
+    if CallStatus.PENDING in statuses:
+        if await engine.store.count_pending() >= engine.settings.max_pending_sessions:
+            raise Overloaded("too many approval sessions are pending; try again later")
+        status = SessionStatus.PENDING
+    else:
+        status = SessionStatus.APPROVED if CallStatus.APPROVED in statuses else SessionStatus.REJECTED
+    session = ApprovalSession(
+        id=new_session_id(),
+        status=status,
+        protocol=ctx.protocol,
+        model=ctx.model,
+        created_at=now,
+        expires_at=now + engine.settings.approval_timeout_s,
+        tool_calls=views,
+    )
+    continuation = Continuation(
+        messages=messages, params=ctx.params, client_tools=ctx.client_tools, rounds_used=rounds_used
+    )
+    await engine.store.create(session, continuation, initial)
+    return session
+
+
+def _classify(
+    toolbox: ToolBox, call: RequestedCall, now: float
+) -> tuple[ToolCallView, Decision | None]:
+    """A call's starting status under policy, and the decision policy made, if any."""
+    arguments = call.arguments or {}
+    if call.name not in toolbox:
+        mode, reason = PolicyMode.DENY, f"there is no tool named {call.name!r}"
+    elif call.arguments is None:
+        mode, reason = PolicyMode.DENY, "the arguments are not valid JSON"
+    else:
+        mode, reason = toolbox.mode_for(call.name), "denied by policy"
+    status = {
+        PolicyMode.AUTO: CallStatus.APPROVED,
+        PolicyMode.ASK: CallStatus.PENDING,
+        PolicyMode.DENY: CallStatus.DENIED,
+    }[mode]
+    view = ToolCallView(
+        id=call.id,
+        name=call.name,
+        arguments=arguments,
+        arguments_sha256=arguments_sha256(arguments),
+        policy=mode,
+        status=status,
+    )
+    if mode is PolicyMode.ASK:
+        return view, None
+    kind: Literal["approve", "reject"] = "approve" if mode is PolicyMode.AUTO else "reject"
+    decision = Decision(
+        decision=kind, reason="" if kind == "approve" else reason, actor="policy", decided_at=now
+    )
+    return view.model_copy(update={"decision": decision}), decision
+
+
+async def _await_decision(engine: Engine, session_id: str) -> AsyncIterator[Event]:
+    """Hold until the session leaves `pending`: decided, or expired at its deadline."""
+    settings = engine.settings
+    async with engine.hub.watch(session_id) as waiter:
+        record = await engine.store.get(session_id)
+        beat = _Beat(settings.heartbeat_interval_s)
+        while record.status is SessionStatus.PENDING:
+            left = record.view.expires_at - time.time()
+            if left <= 0:
+                await engine.store.expire_if_overdue(session_id)
+                left = 0.05  # Redis's clock may lag ours by a little
+            await waiter.wait(min(settings.reread_interval_s, beat.remaining(), left))
+            if beat.due():
+                yield HEARTBEAT
+            record = await engine.store.get(session_id)
+    if record.status is SessionStatus.EXPIRED:
+        yield ApprovalNotice(record.view)
+
+
+async def run_tools(
+    engine: Engine, session_id: str, tool_messages: list[dict[str, Any]]
+) -> AsyncIterator[Event]:
+    """Claim a decided session, queue its approved calls, and stream their progress.
+
+    Appends exactly one tool message per call to `tool_messages`.
+    """
+    settings = engine.settings
+    async with engine.hub.watch(session_id) as waiter:
+        queued = await engine.store.begin_run(session_id, engine.runner_id)
+        if queued is None:
+            record = await engine.store.get(session_id)
+            raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
+        await engine.jobs.enqueue(session_id, queued)
+        record = await engine.store.get(session_id)
+        for event in _start_events(record):
+            yield event
+        async for event in _await_results(engine, waiter, record, settings.tool_result_timeout_s):
+            if isinstance(event, SessionRecord):
+                record = event
+            else:
+                yield event
+    done = all(call.status in CALL_DONE_STATUSES for call in record.view.tool_calls)
+    tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
+    await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
+
+
+async def _await_results(
+    engine: Engine, waiter: Waiter, record: SessionRecord, timeout_s: float
+) -> AsyncIterator[Event | SessionRecord]:
+    """Yield result events as calls finish, heartbeats, and the last record read."""
+    settings = engine.settings
+    reported = {c.id for c in record.view.tool_calls if c.status in CALL_DONE_STATUSES}
+    until = time.monotonic() + timeout_s
+    beat = _Beat(settings.heartbeat_interval_s)
+    while len(reported) < len(record.view.tool_calls) and time.monotonic() < until:
+        await waiter.wait(min(settings.reread_interval_s, beat.remaining(), until - time.monotonic()))
+        if beat.due():
+            yield HEARTBEAT
+        record = await engine.store.get(record.id)
+        for call in record.view.tool_calls:
+            if call.id not in reported and call.status in CALL_DONE_STATUSES:
+                reported.add(call.id)
+                yield _result_event(call)
+    yield record
+
+
+def _start_events(record: SessionRecord) -> list[ToolEvent]:
+    events = []
+    for call in record.view.tool_calls:
+        if call.status is CallStatus.QUEUED:
+            events.append(ToolEvent("executing", call.id, call.name, {"arguments": call.arguments}))
+        elif call.status in CALL_DONE_STATUSES:
+            decision = call.decision
+            detail = {"reason": decision.reason if decision else "", "by": _actor(call)}
+            events.append(ToolEvent("rejected", call.id, call.name, detail))
+    return events
+
+
+def _result_event(call: ToolCallView) -> ToolEvent:
+    content = call.result.content if call.result else ""
+    kind = "result" if call.status is CallStatus.SUCCEEDED else "error"
+    return ToolEvent(kind, call.id, call.name, {"content": content})
+
+
+def _actor(call: ToolCallView) -> str:
+    actor = call.decision.actor if call.decision else "policy"
+    return actor if actor in ("policy", "deadline") else "approver"
+
+
+def _tool_message(call: ToolCallView) -> dict[str, Any]:
+    """The one tool message the model sees for a call, whatever became of it."""
+    reason = (call.decision.reason if call.decision else "") or "no reason given"
+    match call.status:
+        case CallStatus.SUCCEEDED:
+            content = call.result.content if call.result else ""
+        case CallStatus.FAILED:
+            content = f"Error: {call.result.content if call.result else 'unknown error'}"
+        case CallStatus.REJECTED:
+            content = f"The user rejected this tool call, so it was not run. Reason: {reason}"
+        case CallStatus.DENIED:
+            content = f"This tool call was not run: {reason}."
+        case CallStatus.EXPIRED:
+            content = "No one approved this tool call before the deadline, so it was not run."
+        case _:
+            content = "The outcome of this tool call is unknown: no result arrived in time."
+    return {"role": "tool", "tool_call_id": call.id, "content": content}
+
+
+def _assistant_message(text: str, calls: Sequence[RequestedCall]) -> dict[str, Any]:
+    return {"role": "assistant", "content": text or None, "tool_calls": [_openai_call(c) for c in calls]}
+
+
+def _openai_call(call: RequestedCall) -> dict[str, Any]:
+    return {
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.raw_arguments},
+    }
+
+
+class _Beat:
+    """When the next heartbeat is due."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.next_at = time.monotonic() + interval_s
+
+    def remaining(self) -> float:
+        return max(self.next_at - time.monotonic(), 0.0)
+
+    def due(self) -> bool:
+        if time.monotonic() < self.next_at:
+            return False
+        self.next_at = time.monotonic() + self.interval_s
+        return True

@@ -1,0 +1,90 @@
+"""The first version's protocol, kept exactly for its clients, with sessions in Redis.
+
+`POST /v1/chat/completion` streams `{"type": "content"}` events, then either
+`[DONE]` or an `approvalRequired` event and `[DONE]`: the stream does not wait.
+`POST /v1/chat/approve` (on any replica) decides, then streams the tool run and
+the model's continuation. Errors before a stream starts are HTTP errors with a
+`{"type": "error", "error": ..., "code": ...}` body; errors during a stream are
+`{"type": "error", "error": ...}` events.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from core.errors import GatewayError
+from gateway import sse
+from gateway.conversation import ChatContext, Engine, converse, resume
+from gateway.events import ApprovalNotice, ContentDelta, Event, ToolEvent
+from gateway.requests import LegacyApproveRequest, LegacyChatRequest, read_json, validate
+
+log = logging.getLogger(__name__)
+
+
+async def chat_completion(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    body = validate(LegacyChatRequest, await read_json(request, engine.settings.max_body_bytes))
+    params: dict[str, Any] = {"temperature": body.temperature, "max_tokens": body.max_tokens}
+    ctx = ChatContext(
+        model=body.model or engine.settings.upstream_model,
+        protocol="legacy",
+        hold=False,
+        params={k: v for k, v in params.items() if v is not None},
+    )
+    messages = [m.model_dump() for m in body.messages]
+    slots: sse.StreamSlots = request.app.state.stream_slots
+    return slots.response(_stream(converse(engine, ctx, messages)))
+
+
+async def approve(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    body = validate(LegacyApproveRequest, await read_json(request, engine.settings.max_body_bytes))
+    decision = "approve" if body.approved else "reject"
+    reason = "" if body.approved else "the user declined"
+    await engine.store.decide_all(body.sessionid, decision, reason, actor="anonymous")
+    slots: sse.StreamSlots = request.app.state.stream_slots
+    return slots.response(_stream(resume(engine, body.sessionid, hold=False)))
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "healthy"})
+
+
+def error_body(error: GatewayError) -> dict[str, str]:
+    """The first version's error shape, plus the stable code."""
+    return {"type": "error", "error": error.message, "code": error.code}
+
+
+async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            rendered = _render(event)
+            if rendered is not None:
+                yield sse.data(rendered)
+    except GatewayError as error:
+        log.warning("legacy stream ended by %s: %s", error.code, error.message)
+        yield sse.data({"type": "error", "error": error.message})
+    yield sse.DONE
+
+
+def _render(event: Event) -> dict[str, Any] | None:
+    match event:
+        case ContentDelta(text):
+            return {"type": "content", "content": text}
+        case ApprovalNotice(session) if session.status == "pending":
+            pending = [c for c in session.tool_calls if c.status == "pending"]
+            return {
+                "type": "approvalRequired",
+                "sessionId": session.id,
+                "toolCalls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in pending],
+            }
+        case ToolEvent(type="executing"):
+            return {"type": "toolExecuting", "tool": event.name, "arguments": event.detail["arguments"]}
+        case ToolEvent(type="result" | "error"):
+            return {"type": "toolResult", "tool": event.name, "result": event.detail["content"]}
+    return None

@@ -1,0 +1,143 @@
+"""Reading and validating request bodies: size-bounded, JSON only, pydantic models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import Request
+
+from core.errors import BodyTooLarge, InvalidRequest
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The body as JSON; `BodyTooLarge` past `max_bytes`, `InvalidRequest` when malformed."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > max_bytes:
+            raise BodyTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"request body is not valid JSON: {error}") from error
+
+
+def validate(model: type[_M], data: Any) -> _M:
+    """Validate `data`; the first problem, with its location, becomes `InvalidRequest`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidRequest(f"{where}: {first['msg']}") from error
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class MessageToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(BaseModel):
+    """One message of an OpenAI chat request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ClientTool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+_UPSTREAM_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
+
+
+class ChatCompletionRequest(BaseModel):
+    """`POST /v1/chat/completions`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[ClientTool] = Field(default_factory=list)
+    tool_choice: str | dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=1)
+
+    def upstream_params(self) -> dict[str, Any]:
+        """The sampling parameters passed on to the upstream model."""
+        params = {name: getattr(self, name) for name in _UPSTREAM_PARAMS}
+        return {name: value for name, value in params.items() if value is not None}
+
+
+class LegacyMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class LegacyChatRequest(BaseModel):
+    """The first version's `POST /v1/chat/completion`."""
+
+    messages: list[LegacyMessage] = Field(min_length=1)
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    @field_validator("model")
+    @classmethod
+    def _blank_is_default(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class LegacyApproveRequest(BaseModel):
+    """The first version's `POST /v1/chat/approve`."""
+
+    sessionid: str = Field(min_length=1, max_length=128)
+    approved: bool
+
+
+class DecisionRequest(BaseModel):
+    """`POST /v1/approvals/{id}/decision`: one decision for every pending call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    reason: str = Field(default="", max_length=2000)

@@ -1,0 +1,43 @@
+"""Expires overdue sessions, one replica at a time, so a session with no holder still ends."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from core.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    """Every `interval_s`, the replica that wins a short lock expires overdue sessions."""
+
+    def __init__(self, store: SessionStore, owner: str, interval_s: float = 0.5) -> None:
+        self.store = store
+        self.owner = owner
+        self.interval_s = interval_s
+        self.lock_key = f"{store.keys.prefix}:sweeper-lock"
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except RedisError as error:
+                log.warning("sweep skipped: %s", error)
+            await asyncio.sleep(self.interval_s)
+
+    async def sweep_once(self) -> int:
+        """Expire what is overdue if this replica holds the lock; how many were expired."""
+        lock_ms = int(self.interval_s * 2000)
+        won = await self.store.redis.set(self.lock_key, self.owner, nx=True, px=lock_ms)
+        if not won and await self.store.redis.get(self.lock_key) != self.owner:
+            return 0
+        await self.store.redis.pexpire(self.lock_key, lock_ms)
+        expired = 0
+        for session_id in await self.store.overdue():
+            if await self.store.expire_if_overdue(session_id) == "expired":
+                expired += 1
+        return expired

@@ -1,0 +1,1 @@
+"""The tool executor: consumes approved calls from the job stream and stores their outcomes."""
