@@ -27,7 +27,7 @@ local function expire_pending(key, now, channel)
       redis.call('HSET', key, 'status:' .. id, 'expired', 'decision:' .. id, decision)
     end
   end
-  redis.call('HSET', key, 'status', 'expired', 'decided_at', tostring(now))
+  redis.call('HSET', key, 'status', 'expired', 'decided_as', 'expired', 'decided_at', tostring(now))
   redis.call('PUBLISH', channel, 'expired')
 end
 local function is_overdue(key, now)
@@ -51,7 +51,7 @@ if status == 'pending' and is_overdue(key, now) then
   expire_pending(key, now, ARGV[4])
   return {'expired'}
 end
-if status == 'expired' then return {'expired'} end
+if redis.call('HGET', key, 'decided_as') == 'expired' then return {'expired'} end
 local ids = call_ids(key)
 if status == 'pending' then
   local call_status = (ARGV[1] == 'approve') and 'approved' or 'rejected'
@@ -66,8 +66,8 @@ if status == 'pending' then
     end
     if s == 'approved' then any_approved = true end
   end
-  redis.call('HSET', key, 'status', any_approved and 'approved' or 'rejected',
-             'decided_at', tostring(now))
+  local decided_as = any_approved and 'approved' or 'rejected'
+  redis.call('HSET', key, 'status', decided_as, 'decided_as', decided_as, 'decided_at', tostring(now))
   redis.call('PUBLISH', ARGV[4], 'decided')
   return {'ok', redis.call('HGETALL', key)}
 end

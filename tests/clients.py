@@ -1,0 +1,76 @@
+"""Client-side helpers: the official `openai` SDK pointed at a replica, and stream readers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+import orjson
+from openai.types.chat import ChatCompletionChunk
+
+
+def sdk(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+@dataclass
+class StreamResult:
+    """What a client saw on one streamed completion."""
+
+    text: str = ""
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+    tool_events: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[Any] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Any = None
+
+    def events_of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.tool_events if e["type"] == kind]
+
+
+def consume(
+    chunks: Iterable[ChatCompletionChunk],
+    on_approval: Callable[[dict[str, Any]], None] | None = None,
+) -> StreamResult:
+    """Read an SDK stream to its end, calling `on_approval` at each pending notice."""
+    seen = StreamResult()
+    for chunk in chunks:
+        extra = chunk.model_extra or {}
+        if "approval" in extra:
+            seen.approvals.append(extra["approval"])
+            if on_approval is not None and extra["approval"]["status"] == "pending":
+                on_approval(extra["approval"])
+        if "tool_event" in extra:
+            seen.tool_events.append(extra["tool_event"])
+        if chunk.usage is not None:
+            seen.usage = chunk.usage
+        for choice in chunk.choices:
+            seen.text += choice.delta.content or ""
+            seen.tool_calls += choice.delta.tool_calls or []
+            seen.finish_reason = choice.finish_reason or seen.finish_reason
+    return seen
+
+
+def decide(base_url: str, session_id: str, decision: str, reason: str = "") -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/v1/approvals/{session_id}/decision",
+        json={"decision": decision, "reason": reason},
+        timeout=30,
+    )
+
+
+def sse_data(lines: Iterable[str]) -> list[Any]:
+    """The `data:` payloads of an SSE body, `[DONE]` kept as the string."""
+    payloads: list[Any] = []
+    for line in lines:
+        if line.startswith("data: "):
+            raw = line[len("data: ") :]
+            payloads.append(raw if raw == "[DONE]" else orjson.loads(raw))
+    return payloads

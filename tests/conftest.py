@@ -1,0 +1,158 @@
+"""Fixtures that start the real parts: Redis, the offline model, gateway replicas, workers."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.processes import Process, RedisServer, free_port, python_module, wait_http
+
+TEST_POLICY = '{"lookupCapital": "auto", "forbiddenTool": "deny", "explode": "ask"}'
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def offline_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL (with /v1) of a running offline model."""
+    port = free_port()
+    process = Process(
+        "offline-model",
+        python_module("offline_model", "--port", str(port)),
+        {},
+        tmp_path_factory.mktemp("offline"),
+    )
+    process.start()
+    wait_http(f"http://127.0.0.1:{port}/health", process)
+    yield f"http://127.0.0.1:{port}/v1"
+    process.stop()
+
+
+@dataclass
+class Stack:
+    """Gateway replicas and workers sharing one Redis and one key prefix."""
+
+    redis: RedisServer
+    upstream: str
+    log_dir: Path
+    prefix: str
+    overrides: dict[str, str] = field(default_factory=dict)
+    replicas: list[Replica] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "GATEWAY_REDIS_URL": self.redis.url,
+            "GATEWAY_KEY_PREFIX": self.prefix,
+            "GATEWAY_UPSTREAM_BASE_URL": self.upstream,
+            "GATEWAY_TOOLS": "tests.tools:TOOLS",
+            "GATEWAY_TOOL_POLICY": TEST_POLICY,
+            "GATEWAY_WORKER__BLOCK_MS": "500",
+            **self.overrides,
+        }
+
+    def add_replica(self) -> Replica:
+        replica = Replica(self, free_port())
+        replica.start()
+        self.replicas.append(replica)
+        return replica
+
+    def add_worker(self) -> Process:
+        name = f"worker-{self.prefix}-{len(self.workers)}"
+        worker = Process(name, python_module("worker"), self.env(), self.log_dir)
+        worker.start()
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for process in [*(r.process for r in self.replicas), *self.workers]:
+            process.stop()
+
+
+@dataclass
+class Replica:
+    """One gateway process (a uvicorn server)."""
+
+    stack: Stack
+    port: int
+    process: Process = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.process = Process(
+            f"gateway-{self.stack.prefix}-{self.port}",
+            python_module("gateway", "--port", str(self.port)),
+            self.stack.env(),
+            self.stack.log_dir,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process.start()
+        wait_http(f"{self.url}/readyz", self.process)
+
+    def restart(self) -> None:
+        self.process.stop()
+        self.process.popen = None
+        self.start()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0)
+
+
+StackFactory = Callable[..., Stack]
+
+
+@pytest.fixture
+def make_stack(
+    redis_server: RedisServer, offline_model: str, tmp_path: Path
+) -> Iterator[StackFactory]:
+    """Build a stack: `make_stack(replicas=1, workers=1, **settings)`; each gets its own prefix."""
+    stacks: list[Stack] = []
+
+    def build(replicas: int = 1, workers: int = 1, **settings: str) -> Stack:
+        overrides = {f"GATEWAY_{name.upper()}": value for name, value in settings.items()}
+        stack = Stack(redis_server, offline_model, tmp_path, f"t{next(_prefixes)}", overrides)
+        stacks.append(stack)
+        for _ in range(workers):
+            stack.add_worker()
+        for _ in range(replicas):
+            stack.add_replica()
+        return stack
+
+    yield build
+    for stack in stacks:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_stack(
+    redis_server: RedisServer, offline_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """One replica and one worker with default settings, shared by a module's tests."""
+    stack = Stack(
+        redis_server, offline_model, tmp_path_factory.mktemp("stack"), f"m{next(_prefixes)}"
+    )
+    stack.add_worker()
+    stack.add_replica()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def gateway(shared_stack: Stack) -> Replica:
+    return shared_stack.replicas[0]
