@@ -43,14 +43,16 @@ class JobQueue:
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if missing."""
         try:
-            await self.redis.xgroup_create(self.keys.jobs, self.keys.jobs_group, id="0", mkstream=True)
+            await self.redis.xgroup_create(
+                self.keys.jobs, self.keys.jobs_group, id="0", mkstream=True
+            )
         except ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Job]:
         """New jobs for this consumer, waiting up to `block_ms`."""
-        reply = await self.redis.xreadgroup(
+        reply: list[tuple[str, list[tuple[str, dict[str, str]]]]] = await self.redis.xreadgroup(  # type: ignore[assignment]
             self.keys.jobs_group, consumer, {self.keys.jobs: ">"}, count=count, block=block_ms
         )
         return [

@@ -77,7 +77,9 @@ SESSION_TRANSITIONS: Mapping[SessionStatus, frozenset[SessionStatus]] = {
     SessionStatus.FAILED: frozenset(),
 }
 
-DECIDED_STATUSES = frozenset({SessionStatus.APPROVED, SessionStatus.REJECTED, SessionStatus.EXPIRED})
+DECIDED_STATUSES = frozenset(
+    {SessionStatus.APPROVED, SessionStatus.REJECTED, SessionStatus.EXPIRED}
+)
 """A session in one of these is waiting for a replica to run its continuation."""
 
 CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {

@@ -67,7 +67,8 @@ if status == 'pending' then
     if s == 'approved' then any_approved = true end
   end
   local decided_as = any_approved and 'approved' or 'rejected'
-  redis.call('HSET', key, 'status', decided_as, 'decided_as', decided_as, 'decided_at', tostring(now))
+  redis.call('HSET', key, 'status', decided_as, 'decided_as', decided_as,
+             'decided_at', tostring(now))
   redis.call('PUBLISH', ARGV[4], 'decided')
   return {'ok', redis.call('HGETALL', key)}
 end

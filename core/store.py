@@ -55,7 +55,7 @@ class SessionStore:
         key = self.keys.session(session.id)
         ttl = int(max(session.expires_at - time.time(), 0)) + self.retention_s
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=new_session_fields(session, continuation, initial))
+            pipe.hset(key, mapping=new_session_fields(session, continuation, initial))  # type: ignore[arg-type]
             pipe.expire(key, ttl)
             if session.status is SessionStatus.PENDING:
                 pipe.zadd(self.keys.deadlines, {session.id: session.expires_at})
@@ -63,14 +63,14 @@ class SessionStore:
 
     async def get(self, session_id: str) -> SessionRecord:
         """The session, or `SessionNotFound`."""
-        fields = await self.redis.hgetall(self.keys.session(session_id))
+        fields: dict[str, str] = await self.redis.hgetall(self.keys.session(session_id))  # type: ignore[assignment]
         if not fields:
             raise SessionNotFound(f"no approval session {session_id!r}")
         return SessionRecord.from_hash(fields)
 
     async def list_pending(self, limit: int = 100) -> list[ApprovalSession]:
         """Pending sessions, soonest deadline first."""
-        ids = await self.redis.zrange(self.keys.deadlines, 0, limit - 1)
+        ids: list[str] = await self.redis.zrange(self.keys.deadlines, 0, limit - 1)  # type: ignore[assignment]
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in ids:
                 pipe.hgetall(self.keys.session(session_id))
@@ -118,9 +118,10 @@ class SessionStore:
 
     async def overdue(self, limit: int = 100) -> list[str]:
         """Ids in the deadline index whose deadline has passed."""
-        return list(
-            await self.redis.zrangebyscore(self.keys.deadlines, "-inf", time.time(), 0, limit)
+        ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+            self.keys.deadlines, "-inf", time.time(), 0, limit
         )
+        return ids
 
     async def begin_run(self, session_id: str, runner: str) -> list[str] | None:
         """Claim the continuation of a decided session: the queued call ids, or None if taken."""
@@ -161,7 +162,12 @@ class SessionStore:
         """Store a call's outcome and wake the holder; False if the call was not running."""
         stored = await self._finish_call(
             keys=[self.keys.session(session_id)],
-            args=[call_id, result.status, result.model_dump_json(), self.keys.wakeup_channel(session_id)],
+            args=[
+                call_id,
+                result.status,
+                result.model_dump_json(),
+                self.keys.wakeup_channel(session_id),
+            ],
         )
         return bool(stored)
 

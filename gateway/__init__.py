@@ -1,1 +1,1 @@
-"""The HTTP side of the approval gateway: OpenAI-compatible chat, approvals API, first-version protocol."""
+"""The HTTP side: OpenAI-compatible chat, the approvals API, the first-version protocol."""

@@ -92,7 +92,7 @@ def create_app(settings: Settings) -> Starlette:
         RedisTimeoutError: _redis_error,
         HTTPException: _http_error,
     }
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)  # type: ignore[arg-type]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)
 
 
 async def _gateway_error(request: Request, error: Exception) -> Response:
@@ -109,4 +109,6 @@ async def _redis_error(request: Request, error: Exception) -> Response:
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return JSONResponse({"error": {"code": code, "message": error.detail}}, status_code=error.status_code)
+    return JSONResponse(
+        {"error": {"code": code, "message": error.detail}}, status_code=error.status_code
+    )

@@ -19,9 +19,7 @@ async def list_approvals(request: Request) -> JSONResponse:
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidRequest("limit: must be an integer from 1 to 1000")
     sessions = await engine.store.list_pending(int(limit))
-    return JSONResponse(
-        {"object": "list", "data": [s.model_dump(mode="json") for s in sessions]}
-    )
+    return JSONResponse({"object": "list", "data": [s.model_dump(mode="json") for s in sessions]})
 
 
 async def get_approval(request: Request) -> JSONResponse:

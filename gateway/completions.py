@@ -40,7 +40,8 @@ async def chat_completions(request: Request) -> Response:
         model=body.model or engine.settings.upstream_model,
         protocol="openai",
         hold=True,
-        params=body.upstream_params() | ({"tool_choice": body.tool_choice} if body.tool_choice else {}),
+        params=body.upstream_params()
+        | ({"tool_choice": body.tool_choice} if body.tool_choice else {}),
         client_tools=[tool.model_dump() for tool in body.tools],
     )
     events = converse(engine, ctx, [m.as_dict() for m in body.messages])
@@ -150,7 +151,12 @@ async def _complete(
         "model": chunks.model,
         "system_fingerprint": None,
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finished.finish_reason}
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finished.finish_reason,
+            }
         ],
         "usage": chunks.usage(finished),
     }

@@ -162,7 +162,9 @@ async def _open_session(
             raise Overloaded("too many approval sessions are pending; try again later")
         status = SessionStatus.PENDING
     else:
-        status = SessionStatus.APPROVED if CallStatus.APPROVED in statuses else SessionStatus.REJECTED
+        status = (
+            SessionStatus.APPROVED if CallStatus.APPROVED in statuses else SessionStatus.REJECTED
+        )
     session = ApprovalSession(
         id=new_session_id(),
         status=status,
@@ -246,13 +248,13 @@ async def run_tools(
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
         await engine.jobs.enqueue(session_id, queued)
         record = await engine.store.get(session_id)
-        for event in _start_events(record):
-            yield event
-        async for event in _await_results(engine, waiter, record, settings.tool_result_timeout_s):
-            if isinstance(event, SessionRecord):
-                record = event
+        for started in _start_events(record):
+            yield started
+        async for update in _await_results(engine, waiter, record, settings.tool_result_timeout_s):
+            if isinstance(update, SessionRecord):
+                record = update
             else:
-                yield event
+                yield update
     done = all(call.status in CALL_DONE_STATUSES for call in record.view.tool_calls)
     tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
     await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
@@ -267,7 +269,9 @@ async def _await_results(
     until = time.monotonic() + timeout_s
     beat = _Beat(settings.heartbeat_interval_s)
     while len(reported) < len(record.view.tool_calls) and time.monotonic() < until:
-        await waiter.wait(min(settings.reread_interval_s, beat.remaining(), until - time.monotonic()))
+        await waiter.wait(
+            min(settings.reread_interval_s, beat.remaining(), until - time.monotonic())
+        )
         if beat.due():
             yield HEARTBEAT
         record = await engine.store.get(record.id)
@@ -321,7 +325,11 @@ def _tool_message(call: ToolCallView) -> dict[str, Any]:
 
 
 def _assistant_message(text: str, calls: Sequence[RequestedCall]) -> dict[str, Any]:
-    return {"role": "assistant", "content": text or None, "tool_calls": [_openai_call(c) for c in calls]}
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [_openai_call(c) for c in calls],
+    }
 
 
 def _openai_call(call: RequestedCall) -> dict[str, Any]:

@@ -39,7 +39,12 @@ class ToolEvent:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
-        return {"type": self.type, "tool_call_id": self.tool_call_id, "name": self.name, **self.detail}
+        return {
+            "type": self.type,
+            "tool_call_id": self.tool_call_id,
+            "name": self.name,
+            **self.detail,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,4 +22,6 @@ async def readyz(request: Request) -> JSONResponse:
     except (RedisError, OSError) as error:
         body = {"status": "unavailable", "redis": f"unreachable: {error}"}
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "redis": "ok", "held_streams": request.app.state.stream_slots.held})
+    return JSONResponse(
+        {"status": "ready", "redis": "ok", "held_streams": request.app.state.stream_slots.held}
+    )

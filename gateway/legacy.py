@@ -44,9 +44,10 @@ async def chat_completion(request: Request) -> Response:
 async def approve(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     body = validate(LegacyApproveRequest, await read_json(request, engine.settings.max_body_bytes))
-    decision = "approve" if body.approved else "reject"
-    reason = "" if body.approved else "the user declined"
-    await engine.store.decide_all(body.sessionid, decision, reason, actor="anonymous")
+    if body.approved:
+        await engine.store.decide_all(body.sessionid, "approve", "", actor="anonymous")
+    else:
+        await engine.store.decide_all(body.sessionid, "reject", "the user declined", "anonymous")
     slots: sse.StreamSlots = request.app.state.stream_slots
     return slots.response(_stream(resume(engine, body.sessionid, hold=False)))
 
@@ -81,10 +82,16 @@ def _render(event: Event) -> dict[str, Any] | None:
             return {
                 "type": "approvalRequired",
                 "sessionId": session.id,
-                "toolCalls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in pending],
+                "toolCalls": [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in pending
+                ],
             }
         case ToolEvent(type="executing"):
-            return {"type": "toolExecuting", "tool": event.name, "arguments": event.detail["arguments"]}
+            return {
+                "type": "toolExecuting",
+                "tool": event.name,
+                "arguments": event.detail["arguments"],
+            }
         case ToolEvent(type="result" | "error"):
             return {"type": "toolResult", "tool": event.name, "result": event.detail["content"]}
     return None

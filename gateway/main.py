@@ -18,7 +18,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, help="override GATEWAY_PORT")
     args = parser.parse_args()
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         create_app(settings),
         host=args.host or settings.host,

@@ -9,15 +9,24 @@ from typing import Any
 import httpx
 import openai
 import orjson
-from openai.types.chat import ChatCompletionChunk
+from openai import Stream
+from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 
 def sdk(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def user(text: str) -> list[dict[str, Any]]:
+def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
+
+
+def stream_chat(base_url: str, prompt: str, **options: Any) -> Stream[ChatCompletionChunk]:
+    """A streamed completion through the official SDK."""
+    stream: Stream[ChatCompletionChunk] = sdk(base_url).chat.completions.create(
+        model="offline-model", messages=user(prompt), stream=True, **options
+    )
+    return stream
 
 
 @dataclass
@@ -37,7 +46,7 @@ class StreamResult:
 
 def consume(
     chunks: Iterable[ChatCompletionChunk],
-    on_approval: Callable[[dict[str, Any]], None] | None = None,
+    on_approval: Callable[[dict[str, Any]], object] | None = None,
 ) -> StreamResult:
     """Read an SDK stream to its end, calling `on_approval` at each pending notice."""
     seen = StreamResult()

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import consume, decide, sdk, sse_data, user
+from tests.clients import consume, decide, sdk, sse_data, stream_chat, user
 from tests.conftest import Replica, StackFactory
 
 STRING_LENGTH_AB = "Please use getStringLength on 'ab'"
@@ -44,9 +44,7 @@ def test_approved_call_runs_in_the_worker_and_the_model_answers(gateway: Replica
     def approve(approval: dict[str, Any]) -> None:
         assert decide(gateway.url, approval["id"], "approve").status_code == 200
 
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user(STRING_LENGTH_AB), stream=True
-    )
+    stream = stream_chat(gateway.url, STRING_LENGTH_AB)
     seen = consume(stream, on_approval=approve)
 
     [notice] = seen.approvals
@@ -70,9 +68,7 @@ def test_rejected_call_never_runs_and_the_model_hears_the_reason(gateway: Replic
         assert response.status_code == 200
         assert response.json()["status"] == "rejected"
 
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user(STRING_LENGTH_AB), stream=True
-    )
+    stream = stream_chat(gateway.url, STRING_LENGTH_AB)
     seen = consume(stream, on_approval=reject)
 
     [rejected] = seen.tool_events
@@ -86,9 +82,7 @@ def test_rejected_call_never_runs_and_the_model_hears_the_reason(gateway: Replic
 
 def test_parallel_calls_share_one_session_and_each_gets_its_result(gateway: Replica) -> None:
     prompt = "use getStringLength on 'ab' and getStringLength on 'abc'"
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user(prompt), stream=True
-    )
+    stream = stream_chat(gateway.url, prompt)
     seen = consume(stream, lambda a: decide(gateway.url, a["id"], "approve").raise_for_status())
 
     [notice] = seen.approvals
@@ -98,9 +92,7 @@ def test_parallel_calls_share_one_session_and_each_gets_its_result(gateway: Repl
 
 
 def test_auto_policy_runs_without_asking(gateway: Replica) -> None:
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user("lookupCapital of 'Kenya' please"), stream=True
-    )
+    stream = stream_chat(gateway.url, "lookupCapital of 'Kenya' please")
     seen = consume(stream)
     assert seen.approvals == []
     assert [e["type"] for e in seen.tool_events] == ["executing", "result"]
@@ -108,9 +100,7 @@ def test_auto_policy_runs_without_asking(gateway: Replica) -> None:
 
 
 def test_deny_policy_never_runs_and_the_model_is_told(gateway: Replica) -> None:
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user("run forbiddenTool on 'prod'"), stream=True
-    )
+    stream = stream_chat(gateway.url, "run forbiddenTool on 'prod'")
     seen = consume(stream)
     assert seen.approvals == []
     [denied] = seen.tool_events
@@ -119,17 +109,13 @@ def test_deny_policy_never_runs_and_the_model_is_told(gateway: Replica) -> None:
 
 
 def test_tool_error_becomes_a_result_the_model_sees(gateway: Replica) -> None:
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user("explode with 'disk full'"), stream=True
-    )
+    stream = stream_chat(gateway.url, "explode with 'disk full'")
     seen = consume(stream, lambda a: decide(gateway.url, a["id"], "approve").raise_for_status())
     [error] = seen.events_of("error")
     assert error["content"] == "RuntimeError: exploded: disk full"
     assert "Error: RuntimeError: exploded: disk full" in seen.text
     # The worker survived: the next approved call still runs.
-    again = sdk(gateway.url).chat.completions.create(
-        model="offline-model", messages=user(STRING_LENGTH_AB), stream=True
-    )
+    again = stream_chat(gateway.url, STRING_LENGTH_AB)
     assert consume(again, lambda a: decide(gateway.url, a["id"], "approve")).text.endswith("2.")
 
 
@@ -165,13 +151,7 @@ def test_client_tools_pass_through_as_tool_calls(gateway: Replica) -> None:
             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
         },
     }
-    stream = sdk(gateway.url).chat.completions.create(
-        model="offline-model",
-        messages=user("call getWeather for 'Oslo'"),
-        tools=[weather],  # type: ignore[list-item]
-        stream=True,
-    )
-    seen = consume(stream)
+    seen = consume(stream_chat(gateway.url, "call getWeather for 'Oslo'", tools=[weather]))
     assert seen.finish_reason == "tool_calls"
     assert seen.approvals == []
     [call] = seen.tool_calls
@@ -199,11 +179,7 @@ def test_expiry_ends_the_stream_and_later_decisions_get_410(make_stack: StackFac
     stack = make_stack(approval_timeout_s="1.5")
     replica = stack.replicas[0]
     started = time.monotonic()
-    seen = consume(
-        sdk(replica.url).chat.completions.create(
-            model="offline-model", messages=user(STRING_LENGTH_AB), stream=True
-        )
-    )
+    seen = consume(stream_chat(replica.url, STRING_LENGTH_AB))
     elapsed = time.monotonic() - started
     assert [a["status"] for a in seen.approvals] == ["pending", "expired"]
     assert 1.4 <= elapsed < 5
@@ -245,9 +221,7 @@ def test_decision_on_another_replica_resumes_the_held_stream(
     stack = make_stack(replicas=2)
     holder, other = stack.replicas
     seen = consume(
-        sdk(holder.url).chat.completions.create(
-            model="offline-model", messages=user(STRING_LENGTH_AB), stream=True
-        ),
+        stream_chat(holder.url, STRING_LENGTH_AB),
         lambda a: decide(other.url, a["id"], decision).raise_for_status(),
     )
     expected = "result" if decision == "approve" else "rejected"

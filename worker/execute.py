@@ -22,7 +22,9 @@ async def run_tool(
         status, content = "succeeded", _as_text(output)
     except TimeoutError:
         status, content = "failed", f"the tool did not finish within {timeout_s:g} s"
-    except Exception as error:  # a tool's failure is the model's information, never the worker's crash
+    except (
+        Exception
+    ) as error:  # a tool's failure is the model's information, never the worker's crash
         status, content = "failed", f"{type(error).__name__}: {error}"
     return ToolResult(
         status=status,  # type: ignore[arg-type]

@@ -73,18 +73,29 @@ class Worker:
 
     async def _execute(self, call: dict[str, object]) -> ToolResult:
         name, arguments = str(call["name"]), call["arguments"]
-        if not isinstance(arguments, dict) or arguments_sha256(arguments) != call["arguments_sha256"]:
+        if (
+            not isinstance(arguments, dict)
+            or arguments_sha256(arguments) != call["arguments_sha256"]
+        ):
             return ToolResult(status="failed", content="arguments do not match the approved hash")
         if name not in self.toolbox:
             return ToolResult(status="failed", content=f"this worker has no tool named {name!r}")
-        timeout_s = float(self.toolbox.metadata(name).get("timeout_s", self.settings.tool_timeout_s))
+        timeout_s = float(
+            self.toolbox.metadata(name).get("timeout_s", self.settings.tool_timeout_s)
+        )
         return await run_tool(
-            self.toolbox.tools[name], arguments, timeout_s, self.settings.max_result_bytes, self.name
+            self.toolbox.tools[name],
+            arguments,
+            timeout_s,
+            self.settings.max_result_bytes,
+            self.name,
         )
 
     async def _drain(self) -> None:
         if self.in_flight:
-            _done, pending = await asyncio.wait(self.in_flight, timeout=self.settings.shutdown_grace_s)
+            _done, pending = await asyncio.wait(
+                self.in_flight, timeout=self.settings.shutdown_grace_s
+            )
             for task in pending:
                 task.cancel()
         log.info("worker %s stopped", self.name)
@@ -111,7 +122,9 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     """Entry point of `gateway-worker`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     asyncio.run(serve(Settings()))
 
 

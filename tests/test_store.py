@@ -1,0 +1,131 @@
+"""Session store transitions on a real Redis: the table in code is what the scripts do."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from core.errors import DecisionConflict, SessionExpired, SessionNotFound
+from core.keys import Keys
+from core.records import (
+    SESSION_TRANSITIONS,
+    ApprovalSession,
+    CallStatus,
+    Continuation,
+    SessionStatus,
+    ToolCallView,
+    ToolResult,
+    arguments_sha256,
+    sources_of,
+)
+from core.settings import PolicyMode
+from core.store import SessionStore, new_session_id
+from tests.processes import RedisServer
+
+_prefixes = itertools.count()
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[SessionStore]:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    yield SessionStore(client, Keys(f"store{next(_prefixes)}"), retention_s=60)
+    await client.aclose()
+
+
+async def new_session(store: SessionStore, calls: int = 1, ttl: float = 60) -> str:
+    now = time.time()
+    views = [
+        ToolCallView(
+            id=f"call_{i}",
+            name="getStringLength",
+            arguments={"text": "x" * i},
+            arguments_sha256=arguments_sha256({"text": "x" * i}),
+            policy=PolicyMode.ASK,
+            status=CallStatus.PENDING,
+        )
+        for i in range(calls)
+    ]
+    session = ApprovalSession(
+        id=new_session_id(),
+        status=SessionStatus.PENDING,
+        protocol="openai",
+        model="m",
+        created_at=now,
+        expires_at=now + ttl,
+        tool_calls=views,
+    )
+    await store.create(session, Continuation(messages=[]), {})
+    return session.id
+
+
+def test_every_status_is_in_the_transition_table_and_terminals_have_no_exit() -> None:
+    assert set(SESSION_TRANSITIONS) == set(SessionStatus)
+    assert SESSION_TRANSITIONS[SessionStatus.COMPLETED] == frozenset()
+    assert sources_of(SessionStatus.RUNNING) == ["approved", "expired", "rejected"]
+
+
+async def test_running_can_only_start_from_a_decided_session(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    assert await store.begin_run(session_id, "r1") is None  # pending: refused
+    await store.decide_all(session_id, "approve", "", "alice")
+    assert await store.begin_run(session_id, "r1") == ["call_0"]
+    assert await store.begin_run(session_id, "r2") is None  # claimed once only
+    assert (await store.get(session_id)).status is SessionStatus.RUNNING
+    assert not await store.finish(new_session_id(), SessionStatus.COMPLETED)
+    assert await store.finish(session_id, SessionStatus.COMPLETED)
+    assert not await store.finish(session_id, SessionStatus.FAILED)  # terminal
+
+
+async def test_decide_reports_not_found_conflict_and_expiry(store: SessionStore) -> None:
+    with pytest.raises(SessionNotFound):
+        await store.decide_all("as_missing", "approve", "", "alice")
+    session_id = await new_session(store)
+    applied, record = await store.decide_all(session_id, "reject", "no", "alice")
+    assert applied and record.status is SessionStatus.REJECTED
+    repeat, _ = await store.decide_all(session_id, "reject", "other words", "bob")
+    assert not repeat
+    with pytest.raises(DecisionConflict):
+        await store.decide_all(session_id, "approve", "", "bob")
+    short = await new_session(store, ttl=0.2)
+    await asyncio.sleep(0.3)
+    with pytest.raises(SessionExpired):
+        await store.decide_all(short, "approve", "", "alice")
+    record = await store.get(short)
+    assert record.status is SessionStatus.EXPIRED
+    assert {c.status for c in record.view.tool_calls} == {CallStatus.EXPIRED}
+
+
+async def test_a_queued_call_is_started_by_exactly_one_worker(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    await store.decide_all(session_id, "approve", "", "alice")
+    await store.begin_run(session_id, "r1")
+    starts = await asyncio.gather(
+        *(store.start_call(session_id, "call_0", f"w{i}") for i in range(10))
+    )
+    assert sum(s is not None for s in starts) == 1
+    result = ToolResult(status="succeeded", content="0")
+    assert await store.finish_call(session_id, "call_0", result)
+    assert not await store.finish_call(session_id, "call_0", result)  # stored once
+    call = (await store.get(session_id)).view.tool_calls[0]
+    assert call.status is CallStatus.SUCCEEDED and call.result == result
+
+
+async def test_a_decision_wakes_a_subscriber(store: SessionStore) -> None:
+    session_id = await new_session(store)
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(store.keys.wakeup_channel(session_id))
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    await store.decide_all(session_id, "approve", "", "alice")
+    message = await pubsub.get_message(timeout=2, ignore_subscribe_messages=True)
+    assert message is not None and message["data"] == "decided"
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def test_argument_hash_is_canonical() -> None:
+    assert arguments_sha256({"b": 1, "a": "é"}) == arguments_sha256({"a": "é", "b": 1.0})
+    assert arguments_sha256({"a": 1}) != arguments_sha256({"a": 2})
