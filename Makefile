@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps run test lint pytest format clean
+.PHONY: install system-deps run test lint pytest compose-config format clean
 
 install: system-deps $(STAMP)
 
@@ -24,8 +24,8 @@ $(STAMP): pyproject.toml
 run: install
 	VENV=$(VENV) deploy/run-local.sh
 
-## test: lint, type-check, then the whole test suite against real processes
-test: install lint pytest
+## test: lint, type-check, validate docker-compose.yml, then the test suite on real processes
+test: install lint compose-config pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -34,6 +34,13 @@ lint: $(STAMP)
 
 pytest: install
 	$(PY) -m pytest
+
+compose-config:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+	  echo "installing docker-compose (to validate docker-compose.yml)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q docker-compose; }
+	docker-compose -f docker-compose.yml config --quiet
+	@echo "docker-compose.yml is valid"
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import Process, RedisServer, free_port, python_module, wait_http
+from tests.processes import (
+    ContainerRedis,
+    Process,
+    RedisServer,
+    docker_engine_available,
+    free_port,
+    python_module,
+    wait_http,
+)
 
 TEST_POLICY = '{"lookupCapital": "auto", "forbiddenTool": "deny", "explode": "ask"}'
 _prefixes = itertools.count()
@@ -18,7 +27,12 @@ _prefixes = itertools.count()
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    """A private Redis: a native `redis-server`, or a testcontainers one when only Docker has it."""
+    server: RedisServer
+    if shutil.which("redis-server") is None and docker_engine_available():
+        server = ContainerRedis()  # type: ignore[assignment]
+    else:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()

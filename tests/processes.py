@@ -125,5 +125,39 @@ class RedisServer:
         self.process.stop()
 
 
+class ContainerRedis:
+    """A testcontainers Redis, used only where `redis-server` is absent but Docker runs."""
+
+    def __init__(self) -> None:
+        from testcontainers.redis import RedisContainer
+
+        self.container = RedisContainer("redis:7").with_command(
+            "redis-server --appendonly yes --maxmemory-policy noeviction"
+        )
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+    def start(self) -> None:
+        self.container.start()
+        self.port = int(self.container.get_exposed_port(6379))
+
+    def stop(self) -> None:
+        self.container.stop()
+
+
+def docker_engine_available() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    probe = subprocess.run([docker, "info"], capture_output=True, timeout=20, check=False)
+    return probe.returncode == 0
+
+
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
