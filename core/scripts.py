@@ -39,7 +39,8 @@ end
 # KEYS[1] session hash
 # ARGV[1] 'approve' | 'reject'; ARGV[2] reason; ARGV[3] actor; ARGV[4] wake-up channel
 # Returns {'ok', HGETALL} when applied, {'repeat', HGETALL} when the same decision
-# was already applied, {'conflict', status}, {'expired'} or {'not_found'}.
+# (same kind, same reason) was already applied, {'conflict', status}, {'expired'} or
+# {'not_found'}.
 DECIDE_ALL = (
     _HELPERS
     + """
@@ -78,7 +79,7 @@ for _, id in ipairs(ids) do
   if raw then
     local d = cjson.decode(raw)
     if d.actor ~= 'policy' then
-      if d.decision ~= ARGV[1] then return {'conflict', status} end
+      if d.decision ~= ARGV[1] or d.reason ~= ARGV[2] then return {'conflict', status} end
       by_person = by_person + 1
     end
   end

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.errors import GatewayError, InvalidRequest
+from core.errors import InvalidRequest
 from gateway import sse
 from gateway.conversation import ChatContext, Engine, converse
 from gateway.events import (
@@ -98,7 +98,8 @@ async def _stream(
     try:
         async for event in events:
             yield _render(event, chunks, include_usage)
-    except GatewayError as error:
+    except sse.STREAM_ERRORS as raised:
+        error = sse.as_gateway_error(raised)
         log.warning("stream %s ended by %s: %s", chunks.id, error.code, error.message)
         yield sse.data(error.body())
     yield sse.DONE

@@ -67,7 +67,8 @@ async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
             rendered = _render(event)
             if rendered is not None:
                 yield sse.data(rendered)
-    except GatewayError as error:
+    except sse.STREAM_ERRORS as raised:
+        error = sse.as_gateway_error(raised)
         log.warning("legacy stream ended by %s: %s", error.code, error.message)
         yield sse.data({"type": "error", "error": error.message})
     yield sse.DONE

@@ -6,13 +6,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import StreamingResponse
 
-from core.errors import Overloaded
+from core.errors import GatewayError, Overloaded, RedisUnavailable
+
+STREAM_ERRORS = (GatewayError, RedisConnectionError, RedisTimeoutError)
+"""What may end a stream that already started; anything else is a bug and propagates."""
 
 DONE = b"data: [DONE]\n\n"
 HEARTBEAT = b": heartbeat\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def as_gateway_error(error: Exception) -> GatewayError:
+    """One of `STREAM_ERRORS` as the gateway error a client is shown."""
+    if isinstance(error, GatewayError):
+        return error
+    return RedisUnavailable(f"redis is unavailable: {error}")
 
 
 def data(payload: Any) -> bytes:

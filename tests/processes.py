@@ -87,7 +87,18 @@ def wait_http(url: str, process: Process, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{process.name} not ready at {url}:\n{process.logs()[-3000:]}")
 
 
-class RedisServer:
+class _RedisOnPort:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+class RedisServer(_RedisOnPort):
     """A private `redis-server` on a free port that tests may stop, freeze and restart."""
 
     def __init__(self, workdir: Path) -> None:
@@ -102,13 +113,6 @@ class RedisServer:
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         self.process = Process(f"redis-{self.port}", argv, {}, workdir)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def start(self) -> None:
         self.process.start()
@@ -125,7 +129,7 @@ class RedisServer:
         self.process.stop()
 
 
-class ContainerRedis:
+class ContainerRedis(_RedisOnPort):
     """A testcontainers Redis, used only where `redis-server` is absent but Docker runs."""
 
     def __init__(self) -> None:
@@ -135,13 +139,6 @@ class ContainerRedis:
             "redis-server --appendonly yes --maxmemory-policy noeviction"
         )
         self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def start(self) -> None:
         self.container.start()

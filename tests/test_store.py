@@ -87,10 +87,12 @@ async def test_decide_reports_not_found_conflict_and_expiry(store: SessionStore)
     session_id = await new_session(store)
     applied, record = await store.decide_all(session_id, "reject", "no", "alice")
     assert applied and record.status is SessionStatus.REJECTED
-    repeat, _ = await store.decide_all(session_id, "reject", "other words", "bob")
+    repeat, _ = await store.decide_all(session_id, "reject", "no", "bob")
     assert not repeat
     with pytest.raises(DecisionConflict):
         await store.decide_all(session_id, "approve", "", "bob")
+    with pytest.raises(DecisionConflict):  # the same kind with another reason is another decision
+        await store.decide_all(session_id, "reject", "other words", "bob")
     short = await new_session(store, ttl=0.2)
     await asyncio.sleep(0.3)
     with pytest.raises(SessionExpired):
