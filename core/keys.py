@@ -41,6 +41,11 @@ class Keys:
         return f"{self.prefix}:jobs"
 
     @property
+    def dead_jobs(self) -> str:
+        """Stream of jobs given up on (attempts exhausted), kept for operators."""
+        return f"{self.prefix}:jobs:dead"
+
+    @property
     def jobs_group(self) -> str:
         """Consumer group of the workers on the job stream."""
         return "workers"

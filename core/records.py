@@ -63,6 +63,8 @@ class CallStatus(StrEnum):
     """Ran and returned a result."""
     FAILED = "failed"
     """Ran and raised, or timed out; the error is the result the model sees."""
+    UNKNOWN = "unknown"
+    """The worker running it died; it may have had effects and is never run again."""
 
 
 SESSION_TRANSITIONS: Mapping[SessionStatus, frozenset[SessionStatus]] = {
@@ -86,12 +88,13 @@ CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
     CallStatus.PENDING: frozenset({CallStatus.APPROVED, CallStatus.REJECTED, CallStatus.EXPIRED}),
     CallStatus.APPROVED: frozenset({CallStatus.QUEUED}),
     CallStatus.QUEUED: frozenset({CallStatus.RUNNING}),
-    CallStatus.RUNNING: frozenset({CallStatus.SUCCEEDED, CallStatus.FAILED}),
+    CallStatus.RUNNING: frozenset({CallStatus.SUCCEEDED, CallStatus.FAILED, CallStatus.UNKNOWN}),
     CallStatus.REJECTED: frozenset(),
     CallStatus.DENIED: frozenset(),
     CallStatus.EXPIRED: frozenset(),
     CallStatus.SUCCEEDED: frozenset(),
     CallStatus.FAILED: frozenset(),
+    CallStatus.UNKNOWN: frozenset(),
 }
 
 CALL_DONE_STATUSES = frozenset(
@@ -101,6 +104,7 @@ CALL_DONE_STATUSES = frozenset(
         CallStatus.EXPIRED,
         CallStatus.SUCCEEDED,
         CallStatus.FAILED,
+        CallStatus.UNKNOWN,
     }
 )
 """A call in one of these has its one tool message ready."""
@@ -132,7 +136,7 @@ class Decision(BaseModel):
 class ToolResult(BaseModel):
     """The outcome of running one call, as the worker stored it."""
 
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "unknown"]
     content: str
     worker: str = ""
     duration_ms: float = 0.0

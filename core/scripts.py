@@ -151,18 +151,42 @@ redis.call('PUBLISH', ARGV[4], ARGV[1])
 return {'ok'}
 """
 
-# A worker takes a queued call; only one start per call ever succeeds.
+# A worker takes a call to run. A fresh job runs only a queued call. A reclaimed job (its
+# worker died) whose call was already running is run again only if the tool is idempotent
+# and attempts remain; otherwise its outcome is settled here, once.
 # KEYS[1] session hash
-# ARGV[1] tool call id; ARGV[2] worker name
-# Returns {'run', calls JSON} when the caller must run it, {'skip', status} otherwise.
+# ARGV[1] tool call id; ARGV[2] worker name; ARGV[3] 'fresh' | 'reclaimed';
+# ARGV[4] '1' when the tool is idempotent; ARGV[5] max attempts; ARGV[6] wake-up channel
+# Returns {'run', calls JSON}, {'unknown'}, {'exhausted'} or {'skip', status}.
 START_CALL = (
     _HELPERS
     + """
-local key = KEYS[1]
-local status = redis.call('HGET', key, 'status:' .. ARGV[1])
-if status ~= 'queued' then return {'skip', status or 'missing'} end
-redis.call('HSET', key, 'status:' .. ARGV[1], 'running', 'worker:' .. ARGV[1], ARGV[2],
-           'started_at:' .. ARGV[1], tostring(now_s()))
+local key, id = KEYS[1], ARGV[1]
+local status = redis.call('HGET', key, 'status:' .. id)
+local function settle(call_status, content)
+  local result = cjson.encode({status = call_status, content = content, worker = ARGV[2],
+                               duration_ms = 0})
+  redis.call('HSET', key, 'status:' .. id, call_status, 'result:' .. id, result)
+  redis.call('PUBLISH', ARGV[6], 'result')
+end
+if status == 'queued' then
+  redis.call('HSET', key, 'status:' .. id, 'running', 'attempts:' .. id, 1)
+elseif status == 'running' and ARGV[3] == 'reclaimed' then
+  if ARGV[4] ~= '1' then
+    settle('unknown', 'the worker running this call stopped; it may or may not have taken '
+           .. 'effect, and it was not run again because the tool is not idempotent')
+    return {'unknown'}
+  end
+  local attempts = redis.call('HINCRBY', key, 'attempts:' .. id, 1)
+  if attempts > tonumber(ARGV[5]) then
+    settle('failed', 'gave up after ' .. (attempts - 1)
+           .. ' attempts: the workers running it stopped')
+    return {'exhausted'}
+  end
+else
+  return {'skip', status or 'missing'}
+end
+redis.call('HSET', key, 'worker:' .. id, ARGV[2], 'started_at:' .. id, tostring(now_s()))
 return {'run', redis.call('HGET', key, 'calls')}
 """
 )

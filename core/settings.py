@@ -43,6 +43,12 @@ class WorkerSettings(BaseModel):
     max_result_bytes: int = Field(default=64 * 1024, ge=256)
     block_ms: int = Field(default=2000, ge=10)
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    claim_idle_ms: int = Field(
+        default=15_000, ge=100, description="a job idle this long is a dead worker's"
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="runs of an idempotent call whose workers died"
+    )
 
 
 class Settings(BaseSettings):

@@ -148,15 +148,32 @@ class SessionStore:
         )
         return bool(outcome == "ok")
 
-    async def start_call(self, session_id: str, call_id: str, worker: str) -> dict[str, Any] | None:
-        """Take a queued call to run it: its stored form, or None when it must not run."""
+    async def start_call(
+        self,
+        session_id: str,
+        call_id: str,
+        worker: str,
+        *,
+        reclaimed: bool = False,
+        idempotent: bool = False,
+        max_attempts: int = 1,
+    ) -> tuple[str, dict[str, Any] | None]:
+        """Take a call: ('run', its stored form), or ('unknown' | 'exhausted' | 'skip', None)."""
         outcome, *rest = await self._start_call(
-            keys=[self.keys.session(session_id)], args=[call_id, worker]
+            keys=[self.keys.session(session_id)],
+            args=[
+                call_id,
+                worker,
+                "reclaimed" if reclaimed else "fresh",
+                "1" if idempotent else "0",
+                max_attempts,
+                self.keys.wakeup_channel(session_id),
+            ],
         )
         if outcome != "run":
-            return None
+            return outcome, None
         calls: list[dict[str, Any]] = orjson.loads(rest[0])
-        return next(c for c in calls if c["id"] == call_id)
+        return outcome, next(c for c in calls if c["id"] == call_id)
 
     async def finish_call(self, session_id: str, call_id: str, result: ToolResult) -> bool:
         """Store a call's outcome and wake the holder; False if the call was not running."""

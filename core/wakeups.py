@@ -56,11 +56,14 @@ class WakeupHub:
         self._subscribe_timeout_s = subscribe_timeout_s
         self._waiters: dict[str, set[Waiter]] = {}
         self._reader: asyncio.Task[None] | None = None
+        self.connected = False
+        """False while the pub/sub connection is broken: Redis is down or unreachable."""
 
     async def start(self) -> None:
         """Open the connection and start reading."""
         # A standing subscription keeps the connection open while no session is watched.
         await self._pubsub.subscribe(self._keys.hub_channel)
+        self.connected = True
         self._reader = asyncio.create_task(self._read_forever(), name="wakeup-hub")
 
     async def stop(self) -> None:
@@ -106,10 +109,13 @@ class WakeupHub:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                log.warning("wake-up connection lost (%s); waking every waiter", error)
+                if self.connected:
+                    log.warning("wake-up connection lost (%s); waking every waiter", error)
+                self.connected = False
                 self._wake_all()
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.25)
                 continue
+            self.connected = True
             if message is not None:
                 self._dispatch(message["type"], message["channel"])
 

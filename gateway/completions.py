@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 async def chat_completions(request: Request) -> Response:
     engine: Engine = request.app.state.engine
+    engine.check_redis()
     body = validate(ChatCompletionRequest, await read_json(request, engine.settings.max_body_bytes))
     _check_limits(engine, body)
     ctx = ChatContext(

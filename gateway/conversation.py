@@ -9,12 +9,17 @@ but that session.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from core.errors import DecisionConflict, Overloaded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.errors import DecisionConflict, Overloaded, RedisUnavailable
 from core.jobs import JobQueue
 from core.records import (
     CALL_DONE_STATUSES,
@@ -43,6 +48,7 @@ from gateway.events import (
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
 
 HEARTBEAT = Heartbeat()
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -56,6 +62,11 @@ class Engine:
     toolbox: ToolBox
     upstream: Upstream
     runner_id: str
+
+    def check_redis(self) -> None:
+        """Fail fast (503) while the wake-up connection says Redis is down."""
+        if not self.hub.connected:
+            raise RedisUnavailable("redis is unavailable; no approval could be stored")
 
 
 @dataclass(slots=True)
@@ -223,12 +234,13 @@ async def _await_decision(engine: Engine, session_id: str) -> AsyncIterator[Even
         while record.status is SessionStatus.PENDING:
             left = record.view.expires_at - time.time()
             if left <= 0:
-                await engine.store.expire_if_overdue(session_id)
+                with _redis_trouble_tolerated():
+                    await engine.store.expire_if_overdue(session_id)
                 left = 0.05  # Redis's clock may lag ours by a little
             await waiter.wait(min(settings.reread_interval_s, beat.remaining(), left))
             if beat.due():
                 yield HEARTBEAT
-            record = await engine.store.get(session_id)
+            record = await _reread(engine, record)
     if record.status is SessionStatus.EXPIRED:
         yield ApprovalNotice(record.view)
 
@@ -246,8 +258,9 @@ async def run_tools(
         if queued is None:
             record = await engine.store.get(session_id)
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
-        await engine.jobs.enqueue(session_id, queued)
         record = await engine.store.get(session_id)
+        names = {call.id: call.name for call in record.view.tool_calls}
+        await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
         for started in _start_events(record):
             yield started
         async for update in _await_results(engine, waiter, record, settings.tool_result_timeout_s):
@@ -274,7 +287,7 @@ async def _await_results(
         )
         if beat.due():
             yield HEARTBEAT
-        record = await engine.store.get(record.id)
+        record = await _reread(engine, record)
         for call in record.view.tool_calls:
             if call.id not in reported and call.status in CALL_DONE_STATUSES:
                 reported.add(call.id)
@@ -282,12 +295,32 @@ async def _await_results(
     yield record
 
 
+async def _reread(engine: Engine, last: SessionRecord) -> SessionRecord:
+    """The session as Redis has it now; while Redis is unreachable, the last one read."""
+    with _redis_trouble_tolerated():
+        return await engine.store.get(last.id)
+    return last
+
+
+@contextlib.contextmanager
+def _redis_trouble_tolerated() -> Iterator[None]:
+    # A held stream outlives a Redis restart or freeze: its waits are bounded by its own
+    # deadline, and the state it waits for is still in Redis (AOF) when Redis is back.
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as error:
+        log.warning("redis unreachable while holding a stream: %s", error)
+
+
+_NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED})
+
+
 def _start_events(record: SessionRecord) -> list[ToolEvent]:
     events = []
     for call in record.view.tool_calls:
         if call.status is CallStatus.QUEUED:
             events.append(ToolEvent("executing", call.id, call.name, {"arguments": call.arguments}))
-        elif call.status in CALL_DONE_STATUSES:
+        elif call.status in _NOT_RUN:
             decision = call.decision
             detail = {"reason": decision.reason if decision else "", "by": _actor(call)}
             events.append(ToolEvent("rejected", call.id, call.name, detail))
@@ -296,8 +329,10 @@ def _start_events(record: SessionRecord) -> list[ToolEvent]:
 
 def _result_event(call: ToolCallView) -> ToolEvent:
     content = call.result.content if call.result else ""
-    kind = "result" if call.status is CallStatus.SUCCEEDED else "error"
-    return ToolEvent(kind, call.id, call.name, {"content": content})
+    if call.status is CallStatus.SUCCEEDED:
+        return ToolEvent("result", call.id, call.name, {"content": content})
+    outcome = "unknown" if call.status is CallStatus.UNKNOWN else "failed"
+    return ToolEvent("error", call.id, call.name, {"content": content, "outcome": outcome})
 
 
 def _actor(call: ToolCallView) -> str:
@@ -319,6 +354,9 @@ def _tool_message(call: ToolCallView) -> dict[str, Any]:
             content = f"This tool call was not run: {reason}."
         case CallStatus.EXPIRED:
             content = "No one approved this tool call before the deadline, so it was not run."
+        case CallStatus.UNKNOWN:
+            detail = call.result.content if call.result else ""
+            content = f"The outcome of this tool call is unknown: {detail}."
         case _:
             content = "The outcome of this tool call is unknown: no result arrived in time."
     return {"role": "tool", "tool_call_id": call.id, "content": content}

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 async def chat_completion(request: Request) -> Response:
     engine: Engine = request.app.state.engine
+    engine.check_redis()
     body = validate(LegacyChatRequest, await read_json(request, engine.settings.max_body_bytes))
     params: dict[str, Any] = {"temperature": body.temperature, "max_tokens": body.max_tokens}
     ctx = ChatContext(

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.cluster import render_nginx_conf
 from tests.processes import (
     ContainerRedis,
     Process,
@@ -65,6 +66,7 @@ class Stack:
     overrides: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     workers: list[Process] = field(default_factory=list)
+    balancers: list[Process] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
         return {
@@ -90,8 +92,23 @@ class Stack:
         self.workers.append(worker)
         return worker
 
+    def add_nginx(self) -> str:
+        """nginx round-robin in front of the replicas (rendered from deploy/nginx.conf); its URL."""
+        port = free_port()
+        workdir = self.log_dir / f"nginx-{port}"
+        workdir.mkdir()
+        conf = workdir / "nginx.conf"
+        conf.write_text(render_nginx_conf(port, [r.port for r in self.replicas], workdir))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        argv = [nginx, "-c", str(conf), "-p", str(workdir)]
+        process = Process(f"nginx-{port}", argv, {}, workdir)
+        process.start()
+        self.balancers.append(process)
+        wait_http(f"http://127.0.0.1:{port}/healthz", process)
+        return f"http://127.0.0.1:{port}"
+
     def stop(self) -> None:
-        for process in [*(r.process for r in self.replicas), *self.workers]:
+        for process in [*self.balancers, *(r.process for r in self.replicas), *self.workers]:
             process.stop()
 
 

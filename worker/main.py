@@ -1,4 +1,9 @@
-"""`gateway-worker` command: take jobs from the stream, run them once, store, acknowledge."""
+"""`gateway-worker` command: take jobs from the stream, run each call at most once, store, ack.
+
+A job whose worker died (idle longer than `claim_idle_ms`) is reclaimed by another worker:
+an idempotent tool runs again (bounded attempts, then dead-lettered); any other tool's
+outcome is settled as unknown and never run twice.
+"""
 
 from __future__ import annotations
 
@@ -34,41 +39,59 @@ class Worker:
         self.jobs = JobQueue(redis, keys)
         self.toolbox = toolbox
         self.stopping = asyncio.Event()
-        self.in_flight: set[asyncio.Task[None]] = set()
+        self.in_flight: dict[asyncio.Task[None], Job] = {}
 
     async def run(self) -> None:
         """Consume until `stop()`, then let in-flight calls finish within the grace period."""
         await self.jobs.ensure_group()
         log.info("worker %s consuming", self.name)
-        while not self.stopping.is_set():
-            free = self.settings.concurrency - len(self.in_flight)
-            if free == 0:
-                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                jobs = await self.jobs.read(self.name, free, self.settings.block_ms)
-            except RedisError as error:
-                log.warning("reading jobs failed: %s", error)
-                await asyncio.sleep(0.5)
-                continue
-            for job in jobs:
-                task = asyncio.create_task(self.handle(job))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
-        await self._drain()
+        upkeep = asyncio.create_task(self._upkeep_forever(), name="worker-upkeep")
+        try:
+            while not self.stopping.is_set():
+                free = self.settings.concurrency - len(self.in_flight)
+                if free == 0:
+                    await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    jobs = await self.jobs.read(self.name, free, self.settings.block_ms)
+                except RedisError as error:
+                    log.warning("reading jobs failed: %s", error)
+                    await asyncio.sleep(0.5)
+                    continue
+                self._spawn(jobs, reclaimed=False)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            await self._drain()
 
     def stop(self) -> None:
         """Stop taking new jobs (idempotent)."""
         self.stopping.set()
 
-    async def handle(self, job: Job) -> None:
-        """Run a job's call if it is still queued; store the outcome, then acknowledge."""
-        call = await self.store.start_call(job.session_id, job.tool_call_id, self.name)
-        if call is None:
-            await self.jobs.ack(job)
-            return
-        result = await self._execute(call)
-        await self.store.finish_call(job.session_id, job.tool_call_id, result)
+    def _spawn(self, jobs: list[Job], *, reclaimed: bool) -> None:
+        for job in jobs:
+            task = asyncio.create_task(self.handle(job, reclaimed=reclaimed))
+            self.in_flight[task] = job
+            task.add_done_callback(lambda done: self.in_flight.pop(done, None))
+
+    async def handle(self, job: Job, *, reclaimed: bool = False) -> None:
+        """Run a job's call if it may run; store the outcome, then acknowledge."""
+        tool = self.toolbox.tools.get(job.tool)
+        idempotent = bool(tool is not None and (tool.metadata or {}).get("idempotent"))
+        outcome, call = await self.store.start_call(
+            job.session_id,
+            job.tool_call_id,
+            self.name,
+            reclaimed=reclaimed,
+            idempotent=idempotent,
+            max_attempts=self.settings.max_attempts,
+        )
+        if outcome == "exhausted":
+            await self.jobs.dead_letter(job, f"{self.settings.max_attempts} attempts")
+        if call is not None:
+            result = await self._execute(call)
+            await self.store.finish_call(job.session_id, job.tool_call_id, result)
         await self.jobs.ack(job)
 
     async def _execute(self, call: dict[str, object]) -> ToolResult:
@@ -80,24 +103,35 @@ class Worker:
             return ToolResult(status="failed", content="arguments do not match the approved hash")
         if name not in self.toolbox:
             return ToolResult(status="failed", content=f"this worker has no tool named {name!r}")
-        timeout_s = float(
-            self.toolbox.metadata(name).get("timeout_s", self.settings.tool_timeout_s)
-        )
-        return await run_tool(
-            self.toolbox.tools[name],
-            arguments,
-            timeout_s,
-            self.settings.max_result_bytes,
-            self.name,
-        )
+        metadata = self.toolbox.metadata(name)
+        timeout_s = float(metadata.get("timeout_s", self.settings.tool_timeout_s))
+        tool = self.toolbox.tools[name]
+        return await run_tool(tool, arguments, timeout_s, self.settings.max_result_bytes, self.name)
+
+    async def _upkeep_forever(self) -> None:
+        """Keep in-flight jobs claimed, and reclaim dead workers' jobs."""
+        interval = self.settings.claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.jobs.keep_alive(self.name, self.in_flight.values())
+                free = self.settings.concurrency - len(self.in_flight)
+                if free > 0 and not self.stopping.is_set():
+                    claimed = await self.jobs.reclaim(self.name, self.settings.claim_idle_ms, free)
+                    if claimed:
+                        log.warning("reclaimed %d jobs of stopped workers", len(claimed))
+                    self._spawn(claimed, reclaimed=True)
+            except RedisError as error:
+                log.warning("job upkeep failed: %s", error)
 
     async def _drain(self) -> None:
+        # Unfinished jobs stay unacknowledged: another worker reclaims them after claim_idle_ms.
         if self.in_flight:
-            _done, pending = await asyncio.wait(
-                self.in_flight, timeout=self.settings.shutdown_grace_s
-            )
+            grace = self.settings.shutdown_grace_s
+            _done, pending = await asyncio.wait(list(self.in_flight), timeout=grace)
             for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         log.info("worker %s stopped", self.name)
 
 
@@ -122,9 +156,8 @@ async def serve(settings: Settings) -> None:
 
 def main() -> None:
     """Entry point of `gateway-worker`."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
     asyncio.run(serve(Settings()))
 
 

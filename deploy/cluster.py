@@ -1,0 +1,117 @@
+"""`make cluster`: the production topology natively on loopback.
+
+One `redis-server` (AOF, noeviction), the offline model, 3 gateway replicas,
+2 workers and nginx round-robin on port 8000, rendered from the same
+`deploy/nginx.conf` that docker-compose uses. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "deploy" / "nginx.conf"
+
+
+def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path) -> str:
+    """`deploy/nginx.conf` with local upstreams and paths an unprivileged nginx can write."""
+    conf = TEMPLATE.read_text()
+    servers = "".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in upstream_ports
+    )
+    conf = re.sub(r"(?m)^        server gateway-\d+:8000[^\n]*\n", "", conf)
+    conf = conf.replace("    upstream gateway {\n", "    upstream gateway {\n" + servers)
+    conf = conf.replace("listen 8000;", f"listen 127.0.0.1:{listen_port};")
+    temp = "\n".join(
+        f"    {kind}_temp_path {workdir}/{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    conf = conf.replace("http {\n", f"http {{\n    access_log off;\n{temp}\n", 1)
+    return (
+        f"pid {workdir}/nginx.pid;\nerror_log {workdir}/nginx-error.log warn;\ndaemon off;\n" + conf
+    )
+
+
+def _wait(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help="nginx port")
+    parser.add_argument("--redis-port", type=int, default=6381)
+    parser.add_argument("--first-replica-port", type=int, default=8011)
+    parser.add_argument("--offline-port", type=int, default=8002)
+    args = parser.parse_args()
+
+    workdir = ROOT / ".run" / "cluster"
+    (workdir / "redis").mkdir(parents=True, exist_ok=True)
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "GATEWAY_REDIS_URL": f"redis://127.0.0.1:{args.redis_port}/0",
+        "GATEWAY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{args.offline_port}/v1",
+    }
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, argv: list[str]) -> None:
+        log = (workdir / f"{name}.log").open("ab")
+        children.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    try:
+        start("redis", [
+            "redis-server", "--port", str(args.redis_port), "--bind", "127.0.0.1",
+            "--dir", str(workdir / "redis"), "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction", "--save", "",
+        ])  # fmt: skip
+        start("offline-model", [str(bin_dir / "offline-model"), "--port", str(args.offline_port)])
+        _wait(f"http://127.0.0.1:{args.offline_port}/health")
+        ports = [args.first_replica_port + i for i in range(3)]
+        for i in range(2):
+            start(f"worker-{i + 1}", [str(bin_dir / "gateway-worker")])
+        for i, port in enumerate(ports):
+            start(f"gateway-{i + 1}", [str(bin_dir / "gateway"), "--port", str(port)])
+        for port in ports:
+            _wait(f"http://127.0.0.1:{port}/readyz")
+        (workdir / "nginx.conf").write_text(render_nginx_conf(args.port, ports, workdir))
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        start("nginx", [nginx, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)])
+        _wait(f"http://127.0.0.1:{args.port}/readyz")
+        print(f"cluster on http://127.0.0.1:{args.port}: replicas {ports}, logs in {workdir}")
+        signal.signal(signal.SIGTERM, _interrupt)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in reversed(children):
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":
+    main()
