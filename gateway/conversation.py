@@ -129,10 +129,10 @@ async def converse(
         rounds_used += 1
         session = await _open_session(engine, ctx, messages, turn.calls, rounds_used)
         if session.status is SessionStatus.PENDING:
-            yield ApprovalNotice(session)
+            yield ApprovalNotice(session.view)
             if not ctx.hold:
                 return
-            async for event in _await_decision(engine, session.id):
+            async for event in _await_decision(engine, session):
                 yield event
         tool_messages: list[dict[str, Any]] = []
         async for event in run_tools(engine, session.id, tool_messages):
@@ -158,7 +158,7 @@ async def _open_session(
     messages: list[dict[str, Any]],
     calls: Sequence[RequestedCall],
     rounds_used: int,
-) -> ApprovalSession:
+) -> SessionRecord:
     now = time.time()
     views: list[ToolCallView] = []
     initial: dict[str, Decision] = {}
@@ -189,7 +189,7 @@ async def _open_session(
         messages=messages, params=ctx.params, client_tools=ctx.client_tools, rounds_used=rounds_used
     )
     await engine.store.create(session, continuation, initial)
-    return session
+    return SessionRecord(view=session, continuation=continuation)
 
 
 def _classify(
@@ -225,11 +225,12 @@ def _classify(
     return view.model_copy(update={"decision": decision}), decision
 
 
-async def _await_decision(engine: Engine, session_id: str) -> AsyncIterator[Event]:
+async def _await_decision(engine: Engine, record: SessionRecord) -> AsyncIterator[Event]:
     """Hold until the session leaves `pending`: decided, or expired at its deadline."""
     settings = engine.settings
+    session_id = record.id
     async with engine.hub.watch(session_id) as waiter:
-        record = await engine.store.get(session_id)
+        record = await _reread(engine, record)
         beat = _Beat(settings.heartbeat_interval_s)
         while record.status is SessionStatus.PENDING:
             left = record.view.expires_at - time.time()

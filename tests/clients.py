@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +41,8 @@ class StreamResult:
     tool_calls: list[Any] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Any = None
+    received_at: list[float] = field(default_factory=list)
+    """Wall-clock time each approval notice arrived."""
 
     def events_of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.tool_events if e["type"] == kind]
@@ -54,6 +58,7 @@ def consume(
         extra = chunk.model_extra or {}
         if "approval" in extra:
             seen.approvals.append(extra["approval"])
+            seen.received_at.append(time.time())
             if on_approval is not None and extra["approval"]["status"] == "pending":
                 on_approval(extra["approval"])
         if "tool_event" in extra:
@@ -83,3 +88,39 @@ def sse_data(lines: Iterable[str]) -> list[Any]:
             raw = line[len("data: ") :]
             payloads.append(raw if raw == "[DONE]" else orjson.loads(raw))
     return payloads
+
+
+class HeldStream:
+    """A streamed completion read in a background thread, so a test can act while it is held."""
+
+    def __init__(self, base_url: str, prompt: str) -> None:
+        self.pending = threading.Event()
+        self.approval: dict[str, Any] = {}
+        self.result: StreamResult | None = None
+        self.error: BaseException | None = None
+        self.finished_at = 0.0
+        self._thread = threading.Thread(target=self._read, args=(base_url, prompt), daemon=True)
+        self._thread.start()
+
+    def _read(self, base_url: str, prompt: str) -> None:
+        def held(approval: dict[str, Any]) -> None:
+            self.approval = approval
+            self.pending.set()
+
+        try:
+            self.result = consume(stream_chat(base_url, prompt), on_approval=held)
+        except BaseException as error:  # reported to the test by wait()
+            self.error = error
+        self.finished_at = time.monotonic()
+
+    def wait_pending(self, timeout: float = 20) -> dict[str, Any]:
+        assert self.pending.wait(timeout), f"no approval notice (error: {self.error!r})"
+        return self.approval
+
+    def wait(self, timeout: float = 30) -> StreamResult:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the stream did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result

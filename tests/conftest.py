@@ -39,6 +39,17 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to stop, freeze and restart."""
+    server = RedisServer(tmp_path / "redis")
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.thaw()
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def offline_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL (with /v1) of a running offline model."""
@@ -155,9 +166,12 @@ def make_stack(
     """Build a stack: `make_stack(replicas=1, workers=1, **settings)`; each gets its own prefix."""
     stacks: list[Stack] = []
 
-    def build(replicas: int = 1, workers: int = 1, **settings: str) -> Stack:
+    def build(
+        replicas: int = 1, workers: int = 1, redis: RedisServer | None = None, **settings: str
+    ) -> Stack:
         overrides = {f"GATEWAY_{name.upper()}": value for name, value in settings.items()}
-        stack = Stack(redis_server, offline_model, tmp_path, f"t{next(_prefixes)}", overrides)
+        server = redis or redis_server
+        stack = Stack(server, offline_model, tmp_path, f"t{next(_prefixes)}", overrides)
         stacks.append(stack)
         for _ in range(workers):
             stack.add_worker()

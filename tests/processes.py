@@ -127,6 +127,15 @@ class RedisServer(_RedisOnPort):
 
     def stop(self) -> None:
         self.process.stop()
+        self.process.popen = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server holds its connections but answers nothing."""
+        self.process.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process.popen is not None and self.process.popen.poll() is None:
+            self.process.signal(signal.SIGCONT)
 
 
 class ContainerRedis(_RedisOnPort):
