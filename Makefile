@@ -5,14 +5,19 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps run test lint pytest compose-config format clean
+.PHONY: install system-deps run cluster test lint pytest compose-config format clean
 
 install: system-deps $(STAMP)
 
+# redis-server for everything; nginx is the load balancer of `make cluster` and the scale-out tests.
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server"; \
-	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q redis-server; }
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	{ command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; } || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +28,10 @@ $(STAMP): pyproject.toml
 ## run: Redis, the offline model, a worker and the gateway on http://127.0.0.1:8000
 run: install
 	VENV=$(VENV) deploy/run-local.sh
+
+## cluster: Redis (AOF), 3 gateway replicas, 2 workers, the offline model, nginx on :8000
+cluster: install
+	$(PY) -m deploy.cluster
 
 ## test: lint, type-check, validate docker-compose.yml, then the test suite on real processes
 test: install lint compose-config pytest

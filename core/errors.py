@@ -5,6 +5,7 @@
     │   └── BodyTooLarge        413 body_too_large
     ├── SessionNotFound         404 session_not_found
     ├── DecisionConflict        409 decision_conflict
+    ├── NoStream                409 no_stream
     ├── SessionExpired          410 session_expired
     ├── UpstreamError           502 upstream_error
     └── Unavailable             503 unavailable
@@ -58,6 +59,13 @@ class DecisionConflict(GatewayError):
 
     status_code = 409
     code = "decision_conflict"
+
+
+class NoStream(GatewayError):
+    """The session's request was not a held stream, so there is nothing to re-attach to."""
+
+    status_code = 409
+    code = "no_stream"
 
 
 class SessionExpired(GatewayError):

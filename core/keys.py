@@ -25,6 +25,22 @@ class Keys:
         """Pub/sub channel that tells the holder of a session to re-read it."""
         return f"{self.prefix}:wake:{{{session_id}}}"
 
+    def run_log(self, log_id: str) -> str:
+        """Stream of a held request's events from its first approval notice on."""
+        return f"{self.prefix}:log:{{{log_id}}}"
+
+    def run_meta(self, log_id: str) -> str:
+        """Hash describing a run: its current session, completion id, model, last seq, done."""
+        return f"{self.prefix}:run:{{{log_id}}}"
+
+    def lease(self, log_id: str) -> str:
+        """Who runs a held request's continuation now: `<owner> <token>`, with a PX expiry."""
+        return f"{self.prefix}:lease:{{{log_id}}}"
+
+    def fence(self, log_id: str) -> str:
+        """Counter issuing the fencing tokens of a run's leases."""
+        return f"{self.prefix}:fence:{{{log_id}}}"
+
     @property
     def hub_channel(self) -> str:
         """Channel every process's wake-up hub keeps subscribed (keeps its connection open)."""

@@ -189,6 +189,8 @@ class SessionRecord(BaseModel):
 
     view: ApprovalSession
     continuation: Continuation
+    log_id: str = ""
+    """The run log this session's events go to ("" when its request is not a logged stream)."""
 
     @property
     def id(self) -> str:
@@ -220,15 +222,16 @@ class SessionRecord(BaseModel):
             expires_at=float(fields["expires_at"]),
             tool_calls=views,
         )
-        return cls(view=view, continuation=Continuation.model_validate_json(fields["continuation"]))
+        continuation = Continuation.model_validate_json(fields["continuation"])
+        return cls(view=view, continuation=continuation, log_id=fields.get("log", ""))
 
 
-def new_session_fields(
-    session: ApprovalSession, continuation: Continuation, initial: Mapping[str, Decision]
-) -> dict[str, str]:
+def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -> dict[str, str]:
     """The hash fields of a new session; `initial` holds the decisions policy already made."""
+    session, continuation = record.view, record.continuation
     fields = {
         "id": session.id,
+        "log": record.log_id,
         "status": session.status.value,
         "protocol": session.protocol,
         "model": session.model,

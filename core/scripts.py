@@ -108,27 +108,39 @@ return status
 """
 )
 
-# Claim a decided session's continuation: approved calls become queued.
+# Claim a decided session's continuation: approved calls become queued. A runner holding a
+# newer lease (a higher fencing token) may claim a session that is already running: it takes
+# over from a runner that died, and gets every still-queued call back to queue again (a job
+# queued twice is harmless: the worker skips a call that is not `queued`).
 # KEYS[1] session hash
-# ARGV[1] space-separated statuses allowed to start from; ARGV[2] runner id
-# Returns {'ok', {queued call ids}}, {'refused', status} or {'not_found'}.
+# ARGV[1] space-separated statuses allowed to start from; ARGV[2] runner id;
+# ARGV[3] fencing token (0 when the continuation runs without a lease)
+# Returns {'ok', {call ids to queue}}, {'refused', status} or {'not_found'}.
 BEGIN_RUN = (
     _HELPERS
     + """
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'status')
 if not status then return {'not_found'} end
-if not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+local token = tonumber(ARGV[3])
+local held_token = tonumber(redis.call('HGET', key, 'runner_token') or '0')
+local takeover = status == 'running' and token > 0 and token > held_token
+-- The same runner asking again (its client retried after a lost reply) gets the same answer.
+local again = status == 'running' and redis.call('HGET', key, 'runner') == ARGV[2]
+  and token == held_token
+takeover = takeover or again
+if not takeover and not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
   return {'refused', status}
 end
 local queued = {}
 for _, id in ipairs(call_ids(key)) do
-  if redis.call('HGET', key, 'status:' .. id) == 'approved' then
+  local s = redis.call('HGET', key, 'status:' .. id)
+  if s == 'approved' or (takeover and s == 'queued') then
     redis.call('HSET', key, 'status:' .. id, 'queued')
     queued[#queued + 1] = id
   end
 end
-redis.call('HSET', key, 'status', 'running', 'runner', ARGV[2])
+redis.call('HSET', key, 'status', 'running', 'runner', ARGV[2], 'runner_token', token)
 return {'ok', queued}
 """
 )
@@ -201,5 +213,61 @@ local key = KEYS[1]
 if redis.call('HGET', key, 'status:' .. ARGV[1]) ~= 'running' then return 0 end
 redis.call('HSET', key, 'status:' .. ARGV[1], ARGV[2], 'result:' .. ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], 'result')
+return 1
+"""
+
+# Take or renew the lease on a held request's continuation.
+# KEYS[1] lease; KEYS[2] fence counter
+# ARGV[1] owner; ARGV[2] lease milliseconds; ARGV[3] the token the caller holds, or 0
+# Returns the caller's fencing token, or 0 when another owner holds a live lease.
+ACQUIRE_LEASE = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  if current ~= ARGV[1] .. ' ' .. ARGV[3] then return 0 end
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return tonumber(ARGV[3])
+end
+if ARGV[3] ~= '0' then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# Give a lease back, if it is still the caller's.
+# KEYS[1] lease
+# ARGV[1] owner; ARGV[2] token
+# Returns 1 when released, 0 when it was not the caller's.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] .. ' ' .. ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# Append a batch of events to a run's log, fenced by its lease, then wake its tailers.
+# KEYS[1] lease; KEYS[2] log stream; KEYS[3] run meta hash
+# ARGV[1] '<owner> <token>'; ARGV[2] retention seconds; ARGV[3] log MAXLEN;
+# ARGV[4] wake-up channel; ARGV[5] number of meta field/value pairs that follow;
+# then the meta pairs, then seq/event pairs.
+# Returns 1 when appended, 0 when the caller no longer holds the lease (fenced out).
+APPEND_EVENTS = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local meta_pairs = tonumber(ARGV[5])
+local first_event = 6 + 2 * meta_pairs
+for i = 6, first_event - 1, 2 do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+-- Events already logged (a retried append whose first reply was lost) are skipped.
+local last = tonumber(redis.call('HGET', KEYS[3], 'seq') or '0')
+for i = first_event, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[i] .. '-1', 'e', ARGV[i + 1])
+    last = seq
+  end
+end
+redis.call('HSET', KEYS[3], 'seq', last)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('PUBLISH', ARGV[4], 'log')
 return 1
 """

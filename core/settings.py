@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
     reread_interval_s: float = Field(default=2.0, gt=0)
     tool_result_timeout_s: float = Field(default=120.0, gt=0, description="wait for workers")
+    lease_s: float = Field(default=10.0, gt=0, description="a dead replica's runs wait this long")
+    log_flush_ms: float = Field(default=20.0, gt=0, description="batch window of run-log writes")
     session_retention_s: int = Field(default=24 * 3600, ge=60)
 
     # Limits
@@ -93,6 +95,7 @@ class Settings(BaseSettings):
     # Gateway HTTP server
     host: str = "127.0.0.1"
     port: int = 8000
+    shutdown_grace_s: int = Field(default=5, ge=0, description="bound on a replica's shutdown")
 
     offline: OfflineModelSettings = Field(default_factory=OfflineModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -15,7 +15,6 @@ from core.errors import DecisionConflict, SessionExpired, SessionNotFound
 from core.keys import Keys
 from core.records import (
     ApprovalSession,
-    Continuation,
     Decision,
     DecisionKind,
     SessionRecord,
@@ -45,17 +44,13 @@ class SessionStore:
         self._start_call = redis.register_script(scripts.START_CALL)
         self._finish_call = redis.register_script(scripts.FINISH_CALL)
 
-    async def create(
-        self,
-        session: ApprovalSession,
-        continuation: Continuation,
-        initial: Mapping[str, Decision],
-    ) -> None:
+    async def create(self, record: SessionRecord, initial: Mapping[str, Decision]) -> None:
         """Store a new session; a pending one also enters the deadline index."""
+        session = record.view
         key = self.keys.session(session.id)
         ttl = int(max(session.expires_at - time.time(), 0)) + self.retention_s
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=new_session_fields(session, continuation, initial))  # type: ignore[arg-type]
+            pipe.hset(key, mapping=new_session_fields(record, initial))  # type: ignore[arg-type]
             pipe.expire(key, ttl)
             if session.status is SessionStatus.PENDING:
                 pipe.zadd(self.keys.deadlines, {session.id: session.expires_at})
@@ -123,11 +118,14 @@ class SessionStore:
         )
         return ids
 
-    async def begin_run(self, session_id: str, runner: str) -> list[str] | None:
-        """Claim the continuation of a decided session: the queued call ids, or None if taken."""
+    async def begin_run(self, session_id: str, runner: str, token: int = 0) -> list[str] | None:
+        """Claim the continuation of a decided session: the call ids to queue, or None if taken.
+
+        A `token` above the one that claimed it last takes over a running session.
+        """
         outcome, *rest = await self._begin_run(
             keys=[self.keys.session(session_id)],
-            args=[" ".join(sources_of(SessionStatus.RUNNING)), runner],
+            args=[" ".join(sources_of(SessionStatus.RUNNING)), runner, token],
         )
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")

@@ -39,7 +39,10 @@ class Waiter:
     async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - every caller passes a bound
         """Wait for a wake-up or `timeout` seconds; True when woken."""
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that races with the wake-up, and a cancelled holder must stop.
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
         except TimeoutError:
             return False
         finally:
@@ -94,7 +97,8 @@ class WakeupHub:
                 waiter.subscribed.set()
             # Bounded: if the confirmation is late, the periodic re-read covers the gap.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.subscribed.wait(), self._subscribe_timeout_s)
+                async with asyncio.timeout(self._subscribe_timeout_s):
+                    await waiter.subscribed.wait()
             waiter.clear()
             yield waiter
         finally:
@@ -112,7 +116,7 @@ class WakeupHub:
                 if self.connected:
                     log.warning("wake-up connection lost (%s); waking every waiter", error)
                 self.connected = False
-                self._wake_all()
+                self.wake_all()
                 await asyncio.sleep(0.25)
                 continue
             self.connected = True
@@ -125,7 +129,8 @@ class WakeupHub:
                 waiter.subscribed.set()
             waiter.wake()
 
-    def _wake_all(self) -> None:
+    def wake_all(self) -> None:
+        """Wake every local waiter (they re-read their state)."""
         for waiters in self._waiters.values():
             for waiter in waiters:
                 waiter.wake()

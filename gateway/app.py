@@ -10,7 +10,6 @@ import secrets
 import socket
 from collections.abc import AsyncIterator
 
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
@@ -19,15 +18,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.connect import connect
 from core.errors import GatewayError, RedisUnavailable
 from core.jobs import JobQueue
 from core.keys import Keys
+from core.runlog import RunLog
 from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox, load_tools
 from core.wakeups import WakeupHub
-from gateway import approvals, completions, health, legacy
+from gateway import approvals, completions, health, legacy, reattach
 from gateway.conversation import Engine
+from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
 from gateway.upstream import LangChainUpstream
@@ -45,12 +47,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = Redis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
+        redis = connect(settings, f"gateway:{runner_id}")
         store = SessionStore(redis, keys, settings.session_retention_s)
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
@@ -64,11 +61,14 @@ def create_app(settings: Settings) -> Starlette:
             runner_id=runner_id,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)
+        runlog = RunLog(redis, keys, settings.session_retention_s)
+        app.state.runs = runs = RunRegistry(app.state.engine, runlog)
         sweeper = asyncio.create_task(Sweeper(store, runner_id).run_forever(), name="sweeper")
         log.info("replica %s ready: %d server-side tools", runner_id, len(toolbox.tools))
         try:
             yield
         finally:
+            await runs.drain()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/approvals", approvals.list_approvals, methods=["GET"]),
         Route("/v1/approvals/{session_id}", approvals.get_approval, methods=["GET"]),
         Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
+        Route("/v1/approvals/{session_id}/stream", reattach.reattach, methods=["GET"]),
         Route("/v1/chat/completion", legacy.chat_completion, methods=["POST"]),
         Route("/v1/chat/approve", legacy.approve, methods=["POST"]),
         Route("/health", legacy.health, methods=["GET"]),

@@ -1,39 +1,47 @@
 """`POST /v1/chat/completions`: OpenAI Chat Completions, streamed or not.
 
-Gateway information rides in extra top-level fields (`approval`, `tool_event`)
-of chunks whose delta is empty, so clients that ignore them keep working.
+Gateway information rides in extra top-level fields (`approval`, `tool_event`,
+`resumed`, `reattach`) of chunks whose delta is empty, so clients that ignore them
+keep working. From its first approval notice on, a streamed request becomes a run
+(`gateway.runs`) and this response is one of its listeners.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, Unavailable
+from core.records import SessionStatus
 from gateway import sse
+from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.conversation import ChatContext, Engine, converse
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
     ContentDelta,
+    Ended,
     Event,
     Finished,
     Heartbeat,
-    ToolEvent,
+    SessionOpened,
+    StreamFailed,
 )
 from gateway.requests import ChatCompletionRequest, read_json, validate
+from gateway.runs import Item, RunRegistry
 
 log = logging.getLogger(__name__)
 
 
 async def chat_completions(request: Request) -> Response:
     engine: Engine = request.app.state.engine
+    runs: RunRegistry = request.app.state.runs
+    if runs.draining:
+        raise Unavailable("this replica is shutting down; retry on another")
     engine.check_redis()
     body = validate(ChatCompletionRequest, await read_json(request, engine.settings.max_body_bytes))
     _check_limits(engine, body)
@@ -44,14 +52,15 @@ async def chat_completions(request: Request) -> Response:
         params=body.upstream_params()
         | ({"tool_choice": body.tool_choice} if body.tool_choice else {}),
         client_tools=[tool.model_dump() for tool in body.tools],
+        logged=body.stream,
     )
     events = converse(engine, ctx, [m.as_dict() for m in body.messages])
-    chunks = _ChunkWriter(ctx.model)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    meta = ChunkMeta.new(ctx.model, include_usage)
     if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
         slots: sse.StreamSlots = request.app.state.stream_slots
-        return slots.response(_stream(events, chunks, include_usage))
-    return JSONResponse(await _complete(engine, events, chunks))
+        return slots.response(_stream(runs, events, meta))
+    return JSONResponse(await _complete(engine, events, ChunkWriter(meta)))
 
 
 def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
@@ -62,73 +71,44 @@ def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
         raise InvalidRequest(f"tools: {sorted(clashes)} clash with server-side tools")
 
 
-class _ChunkWriter:
-    """Builds `chat.completion.chunk` events of one completion."""
-
-    def __init__(self, model: str) -> None:
-        self.id = "chatcmpl-" + secrets.token_hex(12)
-        self.model = model
-        self.created = int(time.time())
-
-    def chunk(
-        self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any
-    ) -> dict[str, Any]:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": None,
-            "choices": [choice],
-            **extra,
-        }
-
-    def usage(self, finished: Finished) -> dict[str, Any]:
-        return {
-            "prompt_tokens": finished.prompt_tokens,
-            "completion_tokens": finished.completion_tokens,
-            "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-        }
-
-
 async def _stream(
-    events: AsyncIterator[Event], chunks: _ChunkWriter, include_usage: bool
+    runs: RunRegistry, events: AsyncIterator[Event], meta: ChunkMeta
 ) -> AsyncIterator[bytes]:
-    yield sse.data(chunks.chunk({"role": "assistant", "content": ""}))
+    chunks = ChunkWriter(meta)
+    seq = 1
+    yield chunks.role(seq)
     try:
         async for event in events:
-            yield _render(event, chunks, include_usage)
+            if isinstance(event, ApprovalNotice) and event.session.status is SessionStatus.PENDING:
+                # From here on the request is a run; it goes on if this client goes away.
+                run = await runs.start(event, events, seq, meta)
+                async for item in run.listen(seq):
+                    yield render_item(chunks, item)
+                return
+            if isinstance(event, Heartbeat):
+                yield sse.HEARTBEAT
+            elif not isinstance(event, SessionOpened):
+                seq += 1
+                yield chunks.render(seq, event)
     except sse.STREAM_ERRORS as raised:
         error = sse.as_gateway_error(raised)
-        log.warning("stream %s ended by %s: %s", chunks.id, error.code, error.message)
-        yield sse.data(error.body())
-    yield sse.DONE
+        log.warning("stream %s ended by %s: %s", meta.completion_id, error.code, error.message)
+        seq += 1
+        yield chunks.render(seq, StreamFailed(error.code, error.message))
+    yield chunks.render(seq + 1, Ended())
 
 
-def _render(event: Event, chunks: _ChunkWriter, include_usage: bool) -> bytes:
-    match event:
-        case ContentDelta(text):
-            return sse.data(chunks.chunk({"content": text}))
-        case Heartbeat():
-            return sse.HEARTBEAT
-        case ApprovalNotice(session):
-            return sse.data(chunks.chunk({}, approval=session.model_dump(mode="json")))
-        case ToolEvent():
-            return sse.data(chunks.chunk({}, tool_event=event.payload()))
-        case ClientToolCalls(calls):
-            indexed = [{"index": i, **call} for i, call in enumerate(calls)]
-            return sse.data(chunks.chunk({"tool_calls": indexed}))
-        case Finished():
-            final = sse.data(chunks.chunk({}, finish_reason=event.finish_reason))
-            if include_usage:
-                usage = {**chunks.chunk({}), "choices": [], "usage": chunks.usage(event)}
-                final += sse.data(usage)
-            return final
+def render_item(chunks: ChunkWriter, item: Item) -> bytes:
+    """A run listener's item as SSE."""
+    if isinstance(item, Heartbeat):
+        return sse.HEARTBEAT
+    if isinstance(item, tuple):
+        return chunks.render(*item)
+    return chunks.reattach(item)
 
 
 async def _complete(
-    engine: Engine, events: AsyncIterator[Event], chunks: _ChunkWriter
+    engine: Engine, events: AsyncIterator[Event], chunks: ChunkWriter
 ) -> dict[str, Any]:
     """Drive the conversation to its end and build one `chat.completion`."""
     text: list[str] = []
@@ -147,10 +127,10 @@ async def _complete(
                 finished = event
     message["content"] = "".join(text) or None
     completion: dict[str, Any] = {
-        "id": chunks.id,
+        "id": chunks.meta.completion_id,
         "object": "chat.completion",
-        "created": chunks.created,
-        "model": chunks.model,
+        "created": chunks.meta.created,
+        "model": chunks.meta.model,
         "system_fingerprint": None,
         "choices": [
             {

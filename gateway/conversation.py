@@ -9,6 +9,7 @@ but that session.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -43,6 +44,7 @@ from gateway.events import (
     Event,
     Finished,
     Heartbeat,
+    SessionOpened,
     ToolEvent,
 )
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
@@ -79,6 +81,10 @@ class ChatContext:
     """Wait for decisions in this request (False: end the stream at the approval notice)."""
     params: dict[str, Any] = field(default_factory=dict)
     client_tools: list[dict[str, Any]] = field(default_factory=list)
+    logged: bool = False
+    """A streamed request: from its first approval notice on, its events go to a run log."""
+    log_id: str = ""
+    """The run log, once the first approval notice opened it."""
 
     @classmethod
     def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
@@ -88,6 +94,8 @@ class ChatContext:
             hold=hold,
             params=record.continuation.params,
             client_tools=record.continuation.client_tools,
+            logged=bool(record.log_id),
+            log_id=record.log_id,
         )
 
 
@@ -128,6 +136,7 @@ async def converse(
         messages = [*messages, _assistant_message("".join(text), turn.calls)]
         rounds_used += 1
         session = await _open_session(engine, ctx, messages, turn.calls, rounds_used)
+        yield SessionOpened(session.id)
         if session.status is SessionStatus.PENDING:
             yield ApprovalNotice(session.view)
             if not ctx.hold:
@@ -140,11 +149,17 @@ async def converse(
         messages = [*messages, *tool_messages]
 
 
-async def resume(engine: Engine, session_id: str, *, hold: bool) -> AsyncIterator[Event]:
-    """Continue a decided session here: run its tools, then the model."""
+async def resume(
+    engine: Engine, session_id: str, *, hold: bool, token: int = 0
+) -> AsyncIterator[Event]:
+    """Continue a session here: wait for its decision if it is pending, run its tools, then
+    the model. With a lease `token`, take over from a runner that stopped mid-way."""
     record = await engine.store.get(session_id)
+    if record.status is SessionStatus.PENDING:
+        async for event in _await_decision(engine, record):
+            yield event
     tool_messages: list[dict[str, Any]] = []
-    async for event in run_tools(engine, session_id, tool_messages):
+    async for event in run_tools(engine, session_id, tool_messages, token=token):
         yield event
     ctx = ChatContext.of_session(record, hold=hold)
     messages = [*record.continuation.messages, *tool_messages]
@@ -188,8 +203,11 @@ async def _open_session(
     continuation = Continuation(
         messages=messages, params=ctx.params, client_tools=ctx.client_tools, rounds_used=rounds_used
     )
-    await engine.store.create(session, continuation, initial)
-    return SessionRecord(view=session, continuation=continuation)
+    if ctx.logged and not ctx.log_id and status is SessionStatus.PENDING:
+        ctx.log_id = session.id  # the first approval notice opens the run log
+    record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
+    await engine.store.create(record, initial)
+    return record
 
 
 def _classify(
@@ -247,19 +265,22 @@ async def _await_decision(engine: Engine, record: SessionRecord) -> AsyncIterato
 
 
 async def run_tools(
-    engine: Engine, session_id: str, tool_messages: list[dict[str, Any]]
+    engine: Engine, session_id: str, tool_messages: list[dict[str, Any]], token: int = 0
 ) -> AsyncIterator[Event]:
     """Claim a decided session, queue its approved calls, and stream their progress.
 
-    Appends exactly one tool message per call to `tool_messages`.
+    Appends exactly one tool message per call to `tool_messages`. A taking-over runner
+    (`token`) finds a finished session's messages without running anything again.
     """
     settings = engine.settings
     async with engine.hub.watch(session_id) as waiter:
-        queued = await engine.store.begin_run(session_id, engine.runner_id)
-        if queued is None:
-            record = await engine.store.get(session_id)
-            raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
+        queued = await engine.store.begin_run(session_id, engine.runner_id, token)
         record = await engine.store.get(session_id)
+        if queued is None:
+            if not token or record.status not in _FINISHED:
+                raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
+            tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
+            return
         names = {call.id: call.name for call in record.view.tool_calls}
         await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
         for started in _start_events(record):
@@ -311,9 +332,15 @@ def _redis_trouble_tolerated() -> Iterator[None]:
         yield
     except (RedisConnectionError, RedisTimeoutError) as error:
         log.warning("redis unreachable while holding a stream: %s", error)
+    # redis-py can turn a cancellation that lands mid-command into a connection error
+    # (it closes the connection on the way out); a cancelled holder must still stop.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 _NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED})
+_FINISHED = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED})
 
 
 def _start_events(record: SessionRecord) -> list[ToolEvent]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from core.records import ApprovalSession
 
 
@@ -61,4 +63,106 @@ class Finished:
     completion_tokens: int
 
 
-Event = ContentDelta | ClientToolCalls | ApprovalNotice | ToolEvent | Heartbeat | Finished
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """A tool round opened this session (not shown to clients; a run records it)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """The stream ends with this error."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """Another replica took the run over; what the model says next starts its turn again."""
+
+    replica: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The run is over: nothing follows."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reattach:
+    """This replica is stopping: continue at `url`, sending `last_event_id`."""
+
+    url: str
+    last_event_id: int
+
+
+LoggedEvent = (
+    ContentDelta
+    | ClientToolCalls
+    | ApprovalNotice
+    | ToolEvent
+    | Finished
+    | StreamFailed
+    | Resumed
+    | Ended
+)
+
+
+def to_json(event: LoggedEvent) -> bytes:
+    """The form an event takes in a run's log."""
+    match event:
+        case ContentDelta(text):
+            return orjson.dumps({"k": "content", "text": text})
+        case ClientToolCalls(calls):
+            return orjson.dumps({"k": "client_calls", "calls": calls})
+        case ApprovalNotice(session):
+            return orjson.dumps({"k": "approval", "session": session.model_dump(mode="json")})
+        case ToolEvent():
+            return orjson.dumps({"k": "tool", **event.payload()})
+        case Finished(reason, prompt, completion):
+            return orjson.dumps({"k": "finish", "reason": reason, "usage": [prompt, completion]})
+        case StreamFailed(code, message):
+            return orjson.dumps({"k": "error", "code": code, "message": message})
+        case Resumed(replica):
+            return orjson.dumps({"k": "resumed", "replica": replica})
+        case Ended():
+            return orjson.dumps({"k": "end"})
+
+
+def from_json(raw: str | bytes) -> LoggedEvent:
+    """An event read back from a run's log."""
+    data = orjson.loads(raw)
+    match data.pop("k"):
+        case "content":
+            return ContentDelta(data["text"])
+        case "client_calls":
+            return ClientToolCalls(data["calls"])
+        case "approval":
+            return ApprovalNotice(ApprovalSession.model_validate(data["session"]))
+        case "tool":
+            kind, call_id, name = data.pop("type"), data.pop("tool_call_id"), data.pop("name")
+            return ToolEvent(kind, call_id, name, data)
+        case "finish":
+            return Finished(data["reason"], *data["usage"])
+        case "error":
+            return StreamFailed(data["code"], data["message"])
+        case "resumed":
+            return Resumed(data["replica"])
+        case _:
+            return Ended()
+
+
+Event = (
+    ContentDelta
+    | ClientToolCalls
+    | ApprovalNotice
+    | ToolEvent
+    | Heartbeat
+    | Finished
+    | SessionOpened
+    | StreamFailed
+    | Resumed
+    | Ended
+)

@@ -1,33 +1,58 @@
-"""`gateway` command: serve one replica with uvicorn."""
+"""`gateway` command: serve one replica with uvicorn, draining held streams on SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+from types import FrameType
 
 import uvicorn
+from starlette.applications import Starlette
 
 from core.settings import Settings
 from gateway.app import create_app
 
 
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, first hand every held stream over, then shut down as uvicorn does.
+
+    Draining tells each held stream's client where to re-attach and gives the runs'
+    leases back, so the clients continue on another replica at once; uvicorn then stops
+    listening, waits (bounded) for connections to close, and exits.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Starlette) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_task: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        runs = getattr(self.app.state, "runs", None)
+        if runs is not None and self.drain_task is None:
+            loop = asyncio.get_event_loop()
+            self.drain_task = loop.create_task(runs.drain())
+        super().handle_exit(sig, frame)
+
+
 def main() -> None:
-    """Parse `--host/--port/--workers`-free flags, then serve."""
+    """Parse `--host/--port`, then serve."""
     parser = argparse.ArgumentParser(description="Approval gateway replica")
     parser.add_argument("--host", help="override GATEWAY_HOST")
     parser.add_argument("--port", type=int, help="override GATEWAY_PORT")
     args = parser.parse_args()
     settings = Settings()
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(settings),
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
+    DrainingServer(config, app).run()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from core.records import (
     ApprovalSession,
     CallStatus,
     Continuation,
+    SessionRecord,
     SessionStatus,
     ToolCallView,
     ToolResult,
@@ -59,7 +60,7 @@ async def new_session(store: SessionStore, calls: int = 1, ttl: float = 60) -> s
         expires_at=now + ttl,
         tool_calls=views,
     )
-    await store.create(session, Continuation(messages=[]), {})
+    await store.create(SessionRecord(view=session, continuation=Continuation(messages=[])), {})
     return session.id
 
 

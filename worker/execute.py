@@ -18,7 +18,8 @@ async def run_tool(
     """Run a tool (sync tools in a thread) and describe what happened."""
     started = time.perf_counter()
     try:
-        output = await asyncio.wait_for(tool.ainvoke(arguments), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            output = await tool.ainvoke(arguments)
         status, content = "succeeded", _as_text(output)
     except TimeoutError:
         status, content = "failed", f"the tool did not finish within {timeout_s:g} s"

@@ -17,6 +17,7 @@ import socket
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.connect import connect
 from core.jobs import Job, JobQueue
 from core.keys import Keys
 from core.records import ToolResult, arguments_sha256
@@ -137,12 +138,8 @@ class Worker:
 
 async def serve(settings: Settings) -> None:
     """Run a worker until SIGTERM or SIGINT."""
-    redis = Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_s + settings.worker.block_ms / 1000,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
+    name = f"worker:{socket.gethostname()}:{os.getpid()}"
+    redis = connect(settings, name, extra_read_s=settings.worker.block_ms / 1000)
     worker = Worker(settings, redis, ToolBox(load_tools(settings.tools), settings.tool_policy))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,33 @@
+"""The one way this project opens Redis: bounded calls, named connections, safe retries."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from core.settings import Settings
+
+
+def connect(settings: Settings, name: str, *, extra_read_s: float = 0.0) -> Redis:
+    """A client whose every call is bounded by `redis_timeout_s` (+ `extra_read_s` for reads
+    that block on purpose) and whose connections show up as `name` in `CLIENT LIST`.
+
+    A call that fails on a broken connection (Redis restarted, a pooled connection went
+    stale) is retried on a fresh one, briefly. That can repeat a command whose reply was
+    lost, so every write this project makes is safe to repeat: its Lua scripts compare
+    and set, and a repeated job is skipped by the worker. Timeouts are not retried: a
+    frozen Redis must surface as an error within the bound, not after several.
+    """
+    retry = Retry(
+        ExponentialBackoff(cap=0.25, base=0.02), retries=3, supported_errors=(RedisConnectionError,)
+    )
+    return Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s + extra_read_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        client_name=name,
+        retry=retry,
+    )

@@ -1,0 +1,124 @@
+"""Rendering events as OpenAI `chat.completion.chunk` SSE events, each with an `id:`.
+
+The same renderer serves the original stream and every re-attached one, so a client
+sees the same chunks (same completion id, same sequence numbers) on any replica.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway import sse
+from gateway.events import (
+    ApprovalNotice,
+    ClientToolCalls,
+    ContentDelta,
+    Ended,
+    Finished,
+    LoggedEvent,
+    Reattach,
+    Resumed,
+    StreamFailed,
+    ToolEvent,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkMeta:
+    """What makes a completion's chunks the same on every replica."""
+
+    completion_id: str
+    model: str
+    created: int
+    include_usage: bool
+
+    @classmethod
+    def new(cls, model: str, include_usage: bool) -> ChunkMeta:
+        return cls("chatcmpl-" + secrets.token_hex(12), model, int(time.time()), include_usage)
+
+    def as_fields(self) -> dict[str, str]:
+        return {
+            "completion_id": self.completion_id,
+            "model": self.model,
+            "created": str(self.created),
+            "include_usage": "1" if self.include_usage else "",
+        }
+
+    @classmethod
+    def of_fields(cls, fields: dict[str, str]) -> ChunkMeta:
+        created, include_usage = int(fields["created"]), bool(fields["include_usage"])
+        return cls(fields["completion_id"], fields["model"], created, include_usage)
+
+
+class ChunkWriter:
+    """Builds the chunks of one completion."""
+
+    def __init__(self, meta: ChunkMeta) -> None:
+        self.meta = meta
+
+    def chunk(
+        self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {
+            "id": self.meta.completion_id,
+            "object": "chat.completion.chunk",
+            "created": self.meta.created,
+            "model": self.meta.model,
+            "system_fingerprint": None,
+            "choices": [choice],
+            **extra,
+        }
+
+    def usage(self, finished: Finished) -> dict[str, int]:
+        return {
+            "prompt_tokens": finished.prompt_tokens,
+            "completion_tokens": finished.completion_tokens,
+            "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        }
+
+    def role(self, seq: int) -> bytes:
+        """The first event of every stream."""
+        return frame(seq, orjson.dumps(self.chunk({"role": "assistant", "content": ""})))
+
+    def render(self, seq: int, event: LoggedEvent) -> bytes:
+        """One event as SSE, every `data:` carrying the event's `id:`."""
+        return b"".join(frame(seq, payload) for payload in self._payloads(event))
+
+    def reattach(self, event: Reattach) -> bytes:
+        """Tell the client where to continue; no `id:`, so its last event id stays put."""
+        detail = {"url": event.url, "last_event_id": str(event.last_event_id)}
+        return sse.data(self.chunk({}, reattach=detail)) + sse.DONE
+
+    def _payloads(self, event: LoggedEvent) -> list[bytes]:
+        match event:
+            case ContentDelta(text):
+                return [orjson.dumps(self.chunk({"content": text}))]
+            case ApprovalNotice(session):
+                return [orjson.dumps(self.chunk({}, approval=session.model_dump(mode="json")))]
+            case ToolEvent():
+                return [orjson.dumps(self.chunk({}, tool_event=event.payload()))]
+            case ClientToolCalls(calls):
+                indexed = [{"index": i, **call} for i, call in enumerate(calls)]
+                return [orjson.dumps(self.chunk({"tool_calls": indexed}))]
+            case Finished():
+                payloads = [orjson.dumps(self.chunk({}, finish_reason=event.finish_reason))]
+                if self.meta.include_usage:
+                    usage = {**self.chunk({}), "choices": [], "usage": self.usage(event)}
+                    payloads.append(orjson.dumps(usage))
+                return payloads
+            case StreamFailed(code, message):
+                return [orjson.dumps({"error": {"code": code, "message": message}})]
+            case Resumed(replica):
+                return [orjson.dumps(self.chunk({}, resumed={"replica": replica}))]
+            case Ended():
+                return [b"[DONE]"]
+
+
+def frame(seq: int, payload: bytes) -> bytes:
+    return b"id: %d\ndata: %b\n\n" % (seq, payload)

@@ -1,0 +1,77 @@
+"""`GET /v1/approvals/{id}/stream`: re-attach to a held request's stream on any replica.
+
+Sends the run's events after `Last-Event-ID` (header, or `?last_event_id=`), then follows
+it live. When no replica holds the run's lease any more (its replica died or drained),
+this replica takes the run over and continues it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core.errors import InvalidRequest, NoStream, Unavailable
+from gateway import sse
+from gateway.chunks import ChunkMeta, ChunkWriter
+from gateway.completions import render_item
+from gateway.conversation import Engine
+from gateway.events import Ended, Reattach, from_json
+from gateway.runs import RunRegistry
+
+
+async def reattach(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    runs: RunRegistry = request.app.state.runs
+    if runs.draining:
+        raise Unavailable("this replica is shutting down; retry on another")
+    record = await engine.store.get(request.path_params["session_id"])
+    if not record.log_id:
+        raise NoStream(f"approval session {record.id!r} belongs to no stream to re-attach to")
+    after = _last_event_id(request)
+    fields = await runs.runlog.meta(record.log_id)
+    meta = ChunkMeta.of_fields(fields) if fields else ChunkMeta.new(record.view.model, False)
+    slots: sse.StreamSlots = request.app.state.stream_slots
+    return slots.response(_follow(engine, runs, record.log_id, after, meta))
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id", "0")
+    if not raw.isdigit():
+        raise InvalidRequest("Last-Event-ID: must be a non-negative integer")
+    return int(raw)
+
+
+async def _follow(
+    engine: Engine, runs: RunRegistry, log_id: str, after: int, meta: ChunkMeta
+) -> AsyncIterator[bytes]:
+    chunks = ChunkWriter(meta)
+    cursor = after
+    settings = engine.settings
+    async with engine.hub.watch(log_id) as waiter:
+        next_beat = time.monotonic() + settings.heartbeat_interval_s
+        while True:
+            run = runs.runs.get(log_id)
+            for seq, raw in await runs.runlog.read_after(log_id, cursor):
+                if run is not None and seq >= run.first_seq:
+                    break  # the local run has these in memory
+                event = from_json(raw)
+                cursor = seq
+                yield chunks.render(seq, event)
+                if isinstance(event, Ended):
+                    return
+            if run is not None:
+                async for item in run.listen(cursor):
+                    yield render_item(chunks, item)
+                return
+            if runs.draining:
+                yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", cursor))
+                return
+            if not await runs.runlog.is_leased(log_id) and await runs.take_over(log_id):
+                continue
+            await waiter.wait(min(settings.reread_interval_s, next_beat - time.monotonic()))
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + settings.heartbeat_interval_s
+                yield sse.HEARTBEAT

@@ -1,0 +1,236 @@
+"""Runs: a held request's continuation, driven by the one replica that holds its lease.
+
+From its first approval notice on, a streamed request is a run. Its events get sequence
+numbers (the SSE `id:`), go at once to the local listeners (the client's response, and
+any re-attached ones), and in batches to the run's log in Redis, so a client can re-attach
+on any replica. The run goes on when its client disconnects; it stops only when it ends,
+when this replica drains, or when it loses its lease (another replica took over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+
+from core.runlog import Lease, RunLog
+from gateway.chunks import ChunkMeta
+from gateway.conversation import Engine, resume
+from gateway.events import (
+    ApprovalNotice,
+    Ended,
+    Event,
+    Finished,
+    Heartbeat,
+    LoggedEvent,
+    Reattach,
+    Resumed,
+    SessionOpened,
+    StreamFailed,
+    ToolEvent,
+    to_json,
+)
+from gateway.sse import STREAM_ERRORS, as_gateway_error
+
+log = logging.getLogger(__name__)
+
+_URGENT = (ApprovalNotice, ToolEvent, Finished, StreamFailed, Ended)
+"""Events flushed to the log at once; content deltas wait for the batch window."""
+
+Item = tuple[int, LoggedEvent] | Heartbeat | Reattach
+
+
+class Run:
+    """One run on this replica: drives its events, logs them, and feeds its listeners."""
+
+    def __init__(self, registry: RunRegistry, lease: Lease, seq: int, meta: ChunkMeta) -> None:
+        self.registry = registry
+        self.lease = lease
+        self.log_id = lease.log_id
+        self.meta = meta
+        self.seq = seq
+        """The sequence number of the last event; the next one gets seq + 1."""
+        self.first_seq = seq + 1
+        self.history: list[tuple[int, LoggedEvent]] = []
+        self.listeners: set[asyncio.Queue[Item]] = set()
+        self._unflushed: list[tuple[int, bytes]] = []
+        self._meta_fields: dict[str, str] = {**meta.as_fields(), "session": self.log_id}
+        self._urgent = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.ended = False
+
+    def start(self, source: AsyncIterator[Event], first: LoggedEvent | None) -> None:
+        if first is not None:
+            self._publish(first)
+        self._tasks = [
+            asyncio.create_task(self._drive(source), name=f"run-{self.log_id}"),
+            asyncio.create_task(self._flush_forever(), name=f"run-flush-{self.log_id}"),
+            asyncio.create_task(self._renew_forever(), name=f"run-lease-{self.log_id}"),
+        ]
+
+    async def listen(self, after: int) -> AsyncIterator[Item]:
+        """Events after `after` (from memory), then live ones, with heartbeats when idle."""
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        backlog = [(seq, event) for seq, event in self.history if seq > after]
+        self.listeners.add(queue)
+        try:
+            for logged in backlog:
+                yield logged
+            if backlog and isinstance(backlog[-1][1], Ended):
+                return
+            interval = self.registry.engine.settings.heartbeat_interval_s
+            while True:
+                try:
+                    async with asyncio.timeout(interval):
+                        live: Item = await queue.get()
+                except TimeoutError:
+                    yield Heartbeat()
+                    continue
+                yield live
+                if isinstance(live, Reattach) or (
+                    isinstance(live, tuple) and isinstance(live[1], Ended)
+                ):
+                    return
+        finally:
+            self.listeners.discard(queue)
+
+    async def stop(self, *, hand_over: bool) -> None:
+        """Stop driving; flush what is logged; give the lease back; tell listeners to re-attach."""
+        drive, *helpers = self._tasks
+        for task in (drive, *helpers) if hand_over else helpers:
+            task.cancel()
+        self._stopping = True
+        self._urgent.set()
+        _, stuck = await asyncio.wait(self._tasks, timeout=self.registry.stop_timeout_s)
+        for task in stuck:  # a cancellation lost inside a library; the loops' flag still ends them
+            log.warning("run %s: task %s did not stop in time", self.log_id, task.get_name())
+        with contextlib.suppress(RedisError, OSError):
+            await self._flush()
+            await self.registry.runlog.release(self.lease)
+        if hand_over and not self.ended:
+            reattach = Reattach(f"/v1/approvals/{self.log_id}/stream", self.seq)
+            for queue in self.listeners:
+                queue.put_nowait(reattach)
+        self.registry.runs.pop(self.log_id, None)
+
+    async def _drive(self, source: AsyncIterator[Event]) -> None:
+        try:
+            async for event in source:
+                if isinstance(event, SessionOpened):
+                    self._meta_fields["session"] = event.session_id
+                elif isinstance(event, Heartbeat):
+                    continue  # each listener sends its own when idle
+                else:
+                    self._publish(event)
+        except STREAM_ERRORS as raised:
+            error = as_gateway_error(raised)
+            log.warning("run %s failed: %s", self.log_id, error.message)
+            self._publish(StreamFailed(error.code, error.message))
+        self._publish(Ended())
+        self.ended = True
+        asyncio.get_running_loop().create_task(self.stop(hand_over=False))
+
+    def _publish(self, event: LoggedEvent) -> None:
+        self.seq += 1
+        self.history.append((self.seq, event))
+        self._unflushed.append((self.seq, to_json(event)))
+        for queue in self.listeners:
+            queue.put_nowait((self.seq, event))
+        if isinstance(event, _URGENT) or len(self._unflushed) >= 64:
+            self._urgent.set()
+
+    async def _flush_forever(self) -> None:
+        window = self.registry.flush_window_s
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(window):
+                    await self._urgent.wait()
+            self._urgent.clear()
+            try:
+                await self._flush()
+            except (RedisError, OSError) as error:
+                log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                await asyncio.sleep(0.25)
+
+    async def _flush(self) -> None:
+        if not self._unflushed and not self._meta_fields:
+            return
+        batch, self._unflushed = self._unflushed, []
+        meta, self._meta_fields = self._meta_fields, {}
+        try:
+            appended = await self.registry.runlog.append(self.lease, batch, meta)
+        except BaseException:
+            self._unflushed = batch + self._unflushed
+            self._meta_fields = {**meta, **self._meta_fields}
+            raise
+        if not appended:
+            log.warning("run %s: lease lost; another replica continues it", self.log_id)
+            asyncio.get_running_loop().create_task(self.stop(hand_over=True))
+
+    async def _renew_forever(self) -> None:
+        lease_ms = self.registry.lease_ms
+        while not self._stopping:
+            await asyncio.sleep(lease_ms / 3000)
+            if self._stopping:
+                return
+            try:
+                if not await self.registry.runlog.renew(self.lease, lease_ms):
+                    log.warning("run %s: lease lapsed", self.log_id)
+                    asyncio.get_running_loop().create_task(self.stop(hand_over=True))
+                    return
+            except (RedisError, OSError) as error:
+                log.warning("run %s: lease renewal failed: %s", self.log_id, error)
+
+
+class RunRegistry:
+    """The runs this replica drives, and starting, taking over and draining them."""
+
+    def __init__(self, engine: Engine, runlog: RunLog) -> None:
+        self.engine = engine
+        self.runlog = runlog
+        self.runs: dict[str, Run] = {}
+        self.lease_ms = int(engine.settings.lease_s * 1000)
+        self.flush_window_s = engine.settings.log_flush_ms / 1000
+        self.stop_timeout_s = engine.settings.shutdown_grace_s / 2
+        self.draining = False
+
+    async def start(
+        self, notice: ApprovalNotice, source: AsyncIterator[Event], seq: int, meta: ChunkMeta
+    ) -> Run:
+        """Turn a streamed request into a run at its first approval notice (numbered seq + 1)."""
+        lease = await self.runlog.acquire(notice.session.id, self.engine.runner_id, self.lease_ms)
+        if lease is None:  # a fresh id nobody else knows: only a bug gets here
+            raise RuntimeError(f"run {notice.session.id} is leased already")
+        run = Run(self, lease, seq, meta)
+        self.runs[run.log_id] = run
+        run.start(source, notice)
+        return run
+
+    async def take_over(self, log_id: str) -> Run | None:
+        """Continue a run whose replica stopped: None while another replica holds its lease."""
+        lease = await self.runlog.acquire(log_id, self.engine.runner_id, self.lease_ms)
+        if lease is None:
+            return None
+        fields = await self.runlog.meta(log_id)
+        if "session" not in fields:  # its replica died before logging anything
+            fields = {**fields, "session": log_id}
+        meta = ChunkMeta.of_fields(fields) if "completion_id" in fields else None
+        run = Run(self, lease, int(fields.get("seq", "0")), meta or ChunkMeta.new("", False))
+        self.runs[log_id] = run
+        source = resume(self.engine, fields["session"], hold=True, token=lease.token)
+        log.info("run %s taken over with token %d", log_id, lease.token)
+        run.start(source, Resumed(self.engine.runner_id))
+        return run
+
+    async def drain(self) -> None:
+        """Stop every run, handing each to whichever replica its client re-attaches to."""
+        self.draining = True
+        self.engine.hub.wake_all()  # followers of remote runs notice the drain at once
+        started = time.monotonic()
+        await asyncio.gather(*(run.stop(hand_over=True) for run in list(self.runs.values())))
+        log.info("drained in %.3f s", time.monotonic() - started)
