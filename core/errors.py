@@ -2,9 +2,16 @@
 
     GatewayError                500 internal_error
     ├── InvalidRequest          400 invalid_request
-    │   └── BodyTooLarge        413 body_too_large
+    │   ├── BodyTooLarge        413 body_too_large
+    │   ├── UnknownToolCall     400 unknown_tool_call
+    │   └── InvalidArguments    400 invalid_arguments
+    ├── Unauthorized            401 unauthorized
+    ├── Forbidden               403 forbidden
+    │   ├── SelfApproval        403 self_approval
+    │   └── EditRefused         403 edit_refused
     ├── SessionNotFound         404 session_not_found
     ├── DecisionConflict        409 decision_conflict
+    │   └── HashMismatch        409 hash_mismatch
     ├── NoStream                409 no_stream
     ├── SessionExpired          410 session_expired
     ├── UpstreamError           502 upstream_error
@@ -47,6 +54,44 @@ class BodyTooLarge(InvalidRequest):
     code = "body_too_large"
 
 
+class UnknownToolCall(InvalidRequest):
+    """A decision names a tool call id the session does not have."""
+
+    code = "unknown_tool_call"
+
+
+class InvalidArguments(InvalidRequest):
+    """Edited arguments do not fit the tool's schema."""
+
+    code = "invalid_arguments"
+
+
+class Unauthorized(GatewayError):
+    """No API key, or one the gateway does not know."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    """The key is known but its roles do not allow this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class SelfApproval(Forbidden):
+    """The key that requested the calls may not decide them."""
+
+    code = "self_approval"
+
+
+class EditRefused(Forbidden):
+    """The tool is not editable, or policy would deny the edited call."""
+
+    code = "edit_refused"
+
+
 class SessionNotFound(GatewayError):
     """No approval session has this id (or it was cleaned up)."""
 
@@ -59,6 +104,12 @@ class DecisionConflict(GatewayError):
 
     status_code = 409
     code = "decision_conflict"
+
+
+class HashMismatch(DecisionConflict):
+    """The decision was made on arguments other than the call's (a stale or tampered hash)."""
+
+    code = "hash_mismatch"
 
 
 class NoStream(GatewayError):

@@ -62,6 +62,15 @@ class Keys:
         return f"{self.prefix}:jobs:dead"
 
     @property
+    def audit(self) -> str:
+        """Stream of every approval event: requested, decided, granted, executed, expired..."""
+        return f"{self.prefix}:audit"
+
+    def grant(self, tenant: str, conversation: str, tool: str, sha256: str) -> str:
+        """A standing approval of `tool` in one conversation (`sha256` "*" = any arguments)."""
+        return f"{self.prefix}:grant:{tenant}:{conversation}:{tool}:{sha256}"
+
+    @property
     def jobs_group(self) -> str:
         """Consumer group of the workers on the job stream."""
         return "workers"

@@ -63,6 +63,8 @@ class CallStatus(StrEnum):
     """Ran and returned a result."""
     FAILED = "failed"
     """Ran and raised, or timed out; the error is the result the model sees."""
+    RESPONDED = "responded"
+    """Not run: a person supplied its result instead."""
     UNKNOWN = "unknown"
     """The worker running it died; it may have had effects and is never run again."""
 
@@ -85,7 +87,9 @@ DECIDED_STATUSES = frozenset(
 """A session in one of these is waiting for a replica to run its continuation."""
 
 CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
-    CallStatus.PENDING: frozenset({CallStatus.APPROVED, CallStatus.REJECTED, CallStatus.EXPIRED}),
+    CallStatus.PENDING: frozenset(
+        {CallStatus.APPROVED, CallStatus.REJECTED, CallStatus.RESPONDED, CallStatus.EXPIRED}
+    ),
     CallStatus.APPROVED: frozenset({CallStatus.QUEUED}),
     CallStatus.QUEUED: frozenset({CallStatus.RUNNING}),
     CallStatus.RUNNING: frozenset({CallStatus.SUCCEEDED, CallStatus.FAILED, CallStatus.UNKNOWN}),
@@ -94,6 +98,7 @@ CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
     CallStatus.EXPIRED: frozenset(),
     CallStatus.SUCCEEDED: frozenset(),
     CallStatus.FAILED: frozenset(),
+    CallStatus.RESPONDED: frozenset(),
     CallStatus.UNKNOWN: frozenset(),
 }
 
@@ -104,6 +109,7 @@ CALL_DONE_STATUSES = frozenset(
         CallStatus.EXPIRED,
         CallStatus.SUCCEEDED,
         CallStatus.FAILED,
+        CallStatus.RESPONDED,
         CallStatus.UNKNOWN,
     }
 )
@@ -120,7 +126,7 @@ def arguments_sha256(arguments: Mapping[str, Any]) -> str:
     return hashlib.sha256(rfc8785.dumps(dict(arguments))).hexdigest()
 
 
-DecisionKind = Literal["approve", "reject"]
+DecisionKind = Literal["approve", "reject", "edit", "respond"]
 
 
 class Decision(BaseModel):
@@ -129,8 +135,19 @@ class Decision(BaseModel):
     decision: DecisionKind
     reason: str = ""
     actor: str = "anonymous"
-    """Who decided: `policy`, `deadline`, or the approver."""
+    """Who decided: `policy`, `deadline`, `grant:<approver>`, or the approver."""
     decided_at: float = 0.0
+    arguments: dict[str, Any] | None = None
+    """`edit`: the arguments the call runs with instead of the model's."""
+    arguments_sha256: str = ""
+    """`approve`/`edit`: the hash of exactly what may run (the worker checks it)."""
+    result: str | None = None
+    """`respond`: the result a person supplied instead of running the tool."""
+
+    def same_as(self, other: Decision) -> bool:
+        """Whether `other` repeats this decision (the time and the approver aside)."""
+        fields = ("decision", "reason", "arguments_sha256", "result")
+        return all(getattr(self, f) == getattr(other, f) for f in fields)
 
 
 class ToolResult(BaseModel):
@@ -170,6 +187,11 @@ class ApprovalSession(BaseModel):
     model: str
     created_at: float
     expires_at: float
+    tenant: str = "default"
+    requester: str = "anonymous"
+    """The API key (by name) whose request opened the session."""
+    conversation: str = ""
+    """The conversation the request named (`X-Conversation-Id`), for grants."""
     tool_calls: list[ToolCallView]
 
 
@@ -220,6 +242,9 @@ class SessionRecord(BaseModel):
             model=fields["model"],
             created_at=float(fields["created_at"]),
             expires_at=float(fields["expires_at"]),
+            tenant=fields.get("tenant", "default"),
+            requester=fields.get("requester", "anonymous"),
+            conversation=fields.get("conversation", ""),
             tool_calls=views,
         )
         continuation = Continuation.model_validate_json(fields["continuation"])
@@ -237,6 +262,9 @@ def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -
         "model": session.model,
         "created_at": repr(session.created_at),
         "expires_at": repr(session.expires_at),
+        "tenant": session.tenant,
+        "requester": session.requester,
+        "conversation": session.conversation,
         "calls": orjson.dumps(
             [c.model_dump(mode="json", include=_CALL_FIELDS) for c in session.tool_calls]
         ).decode(),
@@ -245,7 +273,7 @@ def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -
     for call in session.tool_calls:
         fields[f"status:{call.id}"] = call.status.value
         if call.id in initial:
-            fields[f"decision:{call.id}"] = initial[call.id].model_dump_json()
+            fields[f"decision:{call.id}"] = initial[call.id].model_dump_json(exclude_none=True)
     return fields
 
 

@@ -45,7 +45,8 @@ class RunLog:
     async def acquire(self, log_id: str, owner: str, lease_ms: int) -> Lease | None:
         """A new lease, or None while another owner's lease is live."""
         token = await self._acquire(
-            keys=[self.keys.lease(log_id), self.keys.fence(log_id)], args=[owner, lease_ms, 0]
+            keys=[self.keys.lease(log_id), self.keys.fence(log_id)],
+            args=[owner, lease_ms, 0, self.retention_s],
         )
         return Lease(log_id, owner, int(token)) if token else None
 
@@ -53,7 +54,7 @@ class RunLog:
         """Extend a lease; False when it lapsed and is not ours any more."""
         token = await self._acquire(
             keys=[self.keys.lease(lease.log_id), self.keys.fence(lease.log_id)],
-            args=[lease.owner, lease_ms, lease.token],
+            args=[lease.owner, lease_ms, lease.token, self.retention_s],
         )
         return bool(token)
 

@@ -30,6 +30,32 @@ local function expire_pending(key, now, channel)
   redis.call('HSET', key, 'status', 'expired', 'decided_as', 'expired', 'decided_at', tostring(now))
   redis.call('PUBLISH', channel, 'expired')
 end
+local function call_hashes(key)
+  local hashes = {ids = {}}
+  for _, c in ipairs(cjson.decode(redis.call('HGET', key, 'calls'))) do
+    hashes.ids[#hashes.ids + 1] = c.id
+    hashes[c.id] = c.arguments_sha256
+  end
+  return hashes
+end
+-- What makes two decisions of one call the same (a repeat), whoever made them and when.
+local function fingerprint(kind, reason, sha, content)
+  return kind .. '\\n' .. reason .. '\\n' .. sha .. '\\n' .. content
+end
+-- Once no call is pending, the session is decided: approved when any call may run.
+local function settle_if_decided(key, ids, now, channel)
+  local any_approved = false
+  for _, id in ipairs(ids) do
+    local s = redis.call('HGET', key, 'status:' .. id)
+    if s == 'pending' then return false end
+    if s == 'approved' then any_approved = true end
+  end
+  local decided_as = any_approved and 'approved' or 'rejected'
+  redis.call('HSET', key, 'status', decided_as, 'decided_as', decided_as,
+             'decided_at', tostring(now))
+  redis.call('PUBLISH', channel, 'decided')
+  return true
+end
 local function is_overdue(key, now)
   return now >= tonumber(redis.call('HGET', key, 'expires_at'))
 end
@@ -50,38 +76,31 @@ if not status then return {'not_found'} end
 local now = now_s()
 if status == 'pending' and is_overdue(key, now) then
   expire_pending(key, now, ARGV[4])
-  return {'expired'}
+  return {'expired', 'now'}
 end
 if redis.call('HGET', key, 'decided_as') == 'expired' then return {'expired'} end
-local ids = call_ids(key)
+local hashes = call_hashes(key)
 if status == 'pending' then
   local call_status = (ARGV[1] == 'approve') and 'approved' or 'rejected'
-  local decision = cjson.encode({decision = ARGV[1], reason = ARGV[2], actor = ARGV[3],
-                                 decided_at = now})
-  local any_approved = false
-  for _, id in ipairs(ids) do
-    local s = redis.call('HGET', key, 'status:' .. id)
-    if s == 'pending' then
-      redis.call('HSET', key, 'status:' .. id, call_status, 'decision:' .. id, decision)
-      s = call_status
+  for _, id in ipairs(hashes.ids) do
+    if redis.call('HGET', key, 'status:' .. id) == 'pending' then
+      local sha = (ARGV[1] == 'approve') and hashes[id] or ''
+      local decision = cjson.encode({decision = ARGV[1], reason = ARGV[2], actor = ARGV[3],
+                                     decided_at = now, arguments_sha256 = sha})
+      redis.call('HSET', key, 'status:' .. id, call_status, 'decision:' .. id, decision,
+                 'fp:' .. id, fingerprint(ARGV[1], ARGV[2], sha, ''))
     end
-    if s == 'approved' then any_approved = true end
   end
-  local decided_as = any_approved and 'approved' or 'rejected'
-  redis.call('HSET', key, 'status', decided_as, 'decided_as', decided_as,
-             'decided_at', tostring(now))
-  redis.call('PUBLISH', ARGV[4], 'decided')
+  settle_if_decided(key, hashes.ids, now, ARGV[4])
   return {'ok', redis.call('HGETALL', key)}
 end
 local by_person = 0
-for _, id in ipairs(ids) do
-  local raw = redis.call('HGET', key, 'decision:' .. id)
-  if raw then
-    local d = cjson.decode(raw)
-    if d.actor ~= 'policy' then
-      if d.decision ~= ARGV[1] or d.reason ~= ARGV[2] then return {'conflict', status} end
-      by_person = by_person + 1
-    end
+for _, id in ipairs(hashes.ids) do
+  local fp = redis.call('HGET', key, 'fp:' .. id)
+  if fp then
+    local sha = (ARGV[1] == 'approve') and hashes[id] or ''
+    if fp ~= fingerprint(ARGV[1], ARGV[2], sha, '') then return {'conflict', status} end
+    by_person = by_person + 1
   end
 end
 if by_person == 0 then return {'conflict', status} end
@@ -89,10 +108,61 @@ return {'repeat', redis.call('HGETALL', key)}
 """
 )
 
+# Decide some calls of a session, each its own way (approve, reject, edit, respond).
+# Every item is checked before any is applied: one bad item changes nothing.
+# KEYS[1] session hash
+# ARGV[1] JSON list of {id, kind, reason, expected (hash the approver saw, or ''),
+#   sha (hash of what may run, or ''), status (the call's new status), decision (JSON),
+#   result (ToolResult JSON for 'respond', or ''), content (the responded result or '')}
+# ARGV[2] wake-up channel
+# Returns {'ok', 'decided' | 'partial', HGETALL}, {'repeat', HGETALL},
+# {'conflict', id, status}, {'hash_mismatch', id}, {'unknown_call', id}, {'expired'} or
+# {'not_found'}.
+DECIDE_CALLS = (
+    _HELPERS
+    + """
+local key = KEYS[1]
+local status = redis.call('HGET', key, 'status')
+if not status then return {'not_found'} end
+local now = now_s()
+if status == 'pending' and is_overdue(key, now) then
+  expire_pending(key, now, ARGV[2])
+  return {'expired', 'now'}
+end
+if redis.call('HGET', key, 'decided_as') == 'expired' then return {'expired'} end
+local hashes = call_hashes(key)
+local items = cjson.decode(ARGV[1])
+local fresh = {}
+for _, item in ipairs(items) do
+  if not hashes[item.id] then return {'unknown_call', item.id} end
+  if item.expected ~= '' and item.expected ~= hashes[item.id] then
+    return {'hash_mismatch', item.id}
+  end
+  local s = redis.call('HGET', key, 'status:' .. item.id)
+  if s == 'pending' then
+    fresh[#fresh + 1] = item
+  elseif redis.call('HGET', key, 'fp:' .. item.id)
+      ~= fingerprint(item.kind, item.reason, item.sha, item.content) then
+    return {'conflict', item.id, s}
+  end
+end
+if #fresh == 0 then return {'repeat', redis.call('HGETALL', key)} end
+for _, item in ipairs(fresh) do
+  redis.call('HSET', key, 'status:' .. item.id, item.status, 'decision:' .. item.id,
+             item.decision, 'fp:' .. item.id,
+             fingerprint(item.kind, item.reason, item.sha, item.content))
+  if item.result ~= '' then redis.call('HSET', key, 'result:' .. item.id, item.result) end
+end
+local settled = settle_if_decided(key, hashes.ids, now, ARGV[2])
+return {'ok', settled and 'decided' or 'partial', redis.call('HGETALL', key)}
+"""
+)
+
 # Expire a session if it is pending and its deadline has passed.
 # KEYS[1] session hash
 # ARGV[1] wake-up channel
-# Returns the status after the check, or false when the session does not exist.
+# Returns the status after the check ('expired_now' when this call expired it), or false
+# when the session does not exist.
 EXPIRE_IF_OVERDUE = (
     _HELPERS
     + """
@@ -102,7 +172,7 @@ if not status then return false end
 local now = now_s()
 if status == 'pending' and is_overdue(key, now) then
   expire_pending(key, now, ARGV[1])
-  return 'expired'
+  return 'expired_now'
 end
 return status
 """
@@ -168,8 +238,10 @@ return {'ok'}
 # and attempts remain; otherwise its outcome is settled here, once.
 # KEYS[1] session hash
 # ARGV[1] tool call id; ARGV[2] worker name; ARGV[3] 'fresh' | 'reclaimed';
-# ARGV[4] '1' when the tool is idempotent; ARGV[5] max attempts; ARGV[6] wake-up channel
-# Returns {'run', calls JSON}, {'unknown'}, {'exhausted'} or {'skip', status}.
+# ARGV[4] '1' when the tool is idempotent; ARGV[5] max attempts; ARGV[6] wake-up channel;
+# ARGV[7] the job's stream entry id
+# Returns {'run', calls JSON, decision JSON, tenant}, {'unknown'}, {'exhausted'} or
+# {'skip', status}.
 START_CALL = (
     _HELPERS
     + """
@@ -183,6 +255,12 @@ local function settle(call_status, content)
 end
 if status == 'queued' then
   redis.call('HSET', key, 'status:' .. id, 'running', 'attempts:' .. id, 1)
+elseif status == 'running' and ARGV[3] == 'fresh'
+    and redis.call('HGET', key, 'job:' .. id) == ARGV[7]
+    and redis.call('HGET', key, 'worker:' .. id) == ARGV[2] then
+  -- This very start, retried after its reply was lost: the worker has not run it yet.
+  return {'run', redis.call('HGET', key, 'calls'), redis.call('HGET', key, 'decision:' .. id) or '',
+          redis.call('HGET', key, 'tenant') or 'default'}
 elseif status == 'running' and ARGV[3] == 'reclaimed' then
   if ARGV[4] ~= '1' then
     settle('unknown', 'the worker running this call stopped; it may or may not have taken '
@@ -198,8 +276,10 @@ elseif status == 'running' and ARGV[3] == 'reclaimed' then
 else
   return {'skip', status or 'missing'}
 end
-redis.call('HSET', key, 'worker:' .. id, ARGV[2], 'started_at:' .. id, tostring(now_s()))
-return {'run', redis.call('HGET', key, 'calls')}
+redis.call('HSET', key, 'worker:' .. id, ARGV[2], 'job:' .. id, ARGV[7],
+           'started_at:' .. id, tostring(now_s()))
+return {'run', redis.call('HGET', key, 'calls'), redis.call('HGET', key, 'decision:' .. id) or '',
+        redis.call('HGET', key, 'tenant') or 'default'}
 """
 )
 
@@ -218,17 +298,21 @@ return 1
 
 # Take or renew the lease on a held request's continuation.
 # KEYS[1] lease; KEYS[2] fence counter
-# ARGV[1] owner; ARGV[2] lease milliseconds; ARGV[3] the token the caller holds, or 0
+# ARGV[1] owner; ARGV[2] lease milliseconds; ARGV[3] the token the caller holds, or 0;
+# ARGV[4] how long the fence counter is kept (seconds; renewed at each new lease)
 # Returns the caller's fencing token, or 0 when another owner holds a live lease.
 ACQUIRE_LEASE = """
 local current = redis.call('GET', KEYS[1])
 if current then
-  if current ~= ARGV[1] .. ' ' .. ARGV[3] then return 0 end
+  local owner, held = string.match(current, '^(.*) (%d+)$')
+  -- A first acquire retried after a lost reply finds its own lease: same answer again.
+  if owner ~= ARGV[1] or (ARGV[3] ~= '0' and held ~= ARGV[3]) then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return tonumber(ARGV[3])
+  return tonumber(held)
 end
 if ARGV[3] ~= '0' then return 0 end
 local token = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 return token
 """

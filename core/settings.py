@@ -8,6 +8,7 @@ directory is read too.
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +52,25 @@ class WorkerSettings(BaseModel):
     )
 
 
+class WebhookTarget(BaseModel):
+    """One receiver of signed approval events."""
+
+    url: str
+    secret: SecretStr
+    """HMAC-SHA256 key; receivers verify `X-Gateway-Signature` with it."""
+    events: list[str] = Field(default_factory=lambda: ["approval.requested", "approval.decided"])
+
+
+class ApiKey(BaseModel):
+    """One API key, stored as the SHA-256 hex of the key, never the key itself."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    name: str
+    """Who holds the key: it is the actor in the audit log."""
+    tenant: str
+    roles: list[str] = Field(default_factory=lambda: ["requester"])
+
+
 class Settings(BaseSettings):
     """Configuration shared by the gateway, the worker and the offline model."""
 
@@ -75,6 +95,17 @@ class Settings(BaseSettings):
     # Tools and policy
     tools: str = "examples.tools:TOOLS"
     tool_policy: dict[str, PolicyMode] = Field(default_factory=dict)
+    policy_file: Path | None = None
+    """A TOML policy file (see docs/policy.md); its rules override `tool_policy`."""
+
+    # Authentication, audit and webhooks
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    """With none configured the gateway runs open (and says so in its log and /readyz)."""
+    allow_self_approval: bool = False
+    """Whether the key that requested a call may decide it (only with api_keys)."""
+    audit_maxlen: int = Field(default=1_000_000, ge=1000, description="audit stream MAXLEN (~)")
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
+    webhook_max_attempts: int = Field(default=8, ge=1)
 
     # Approvals
     approval_timeout_s: float = Field(default=600.0, gt=0)

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import orjson
 from redis.asyncio import Redis
 
 from core import scripts
-from core.errors import DecisionConflict, SessionExpired, SessionNotFound
+from core.audit import AuditEntry, AuditLog
+from core.errors import (
+    DecisionConflict,
+    HashMismatch,
+    SessionExpired,
+    SessionNotFound,
+    UnknownToolCall,
+)
 from core.keys import Keys
 from core.records import (
     ApprovalSession,
+    CallStatus,
     Decision,
     DecisionKind,
     SessionRecord,
@@ -33,11 +42,15 @@ def new_session_id() -> str:
 class SessionStore:
     """Reads and changes approval sessions; every change is one atomic script."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention_s: int) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, retention_s: int, audit: AuditLog | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s
+        self.audit = audit
         self._decide_all = redis.register_script(scripts.DECIDE_ALL)
+        self._decide_calls = redis.register_script(scripts.DECIDE_CALLS)
         self._expire = redis.register_script(scripts.EXPIRE_IF_OVERDUE)
         self._begin_run = redis.register_script(scripts.BEGIN_RUN)
         self._transition = redis.register_script(scripts.TRANSITION)
@@ -88,7 +101,7 @@ class SessionStore:
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
         if outcome == "expired":
-            await self.redis.zrem(self.keys.deadlines, session_id)
+            await self._expired(session_id, now=bool(rest))
             raise SessionExpired(f"approval session {session_id!r} expired before the decision")
         if outcome == "conflict":
             raise DecisionConflict(
@@ -99,6 +112,40 @@ class SessionStore:
             await self.redis.zrem(self.keys.deadlines, session_id)
         return outcome == "ok", SessionRecord.from_hash(_pairs(rest[0]))
 
+    async def decide_calls(
+        self, session_id: str, items: Sequence[CallDecisionItem]
+    ) -> tuple[Literal["decided", "partial", "repeat"], SessionRecord]:
+        """Decide some calls, each its own way, all or none; repeats are not errors.
+
+        Returns "decided" when no call is left pending (the holder was woken), "partial"
+        when some still wait, "repeat" when every item repeated a stored decision.
+        """
+        payload = orjson.dumps([item.as_script_item() for item in items]).decode()
+        outcome, *rest = await self._decide_calls(
+            keys=[self.keys.session(session_id)],
+            args=[payload, self.keys.wakeup_channel(session_id)],
+        )
+        if outcome == "not_found":
+            raise SessionNotFound(f"no approval session {session_id!r}")
+        if outcome == "expired":
+            await self._expired(session_id, now=bool(rest))
+            raise SessionExpired(f"approval session {session_id!r} expired before the decision")
+        if outcome == "unknown_call":
+            raise UnknownToolCall(f"approval session {session_id!r} has no tool call {rest[0]!r}")
+        if outcome == "hash_mismatch":
+            raise HashMismatch(
+                f"tool call {rest[0]!r}: arguments_sha256 does not match the call's arguments"
+            )
+        if outcome == "conflict":
+            raise DecisionConflict(
+                f"tool call {rest[0]!r} is {rest[1]}; it was decided differently already"
+            )
+        if outcome == "repeat":
+            return "repeat", SessionRecord.from_hash(_pairs(rest[0]))
+        if rest[0] == "decided":
+            await self.redis.zrem(self.keys.deadlines, session_id)
+        return rest[0], SessionRecord.from_hash(_pairs(rest[1]))
+
     async def expire_if_overdue(self, session_id: str) -> SessionStatus | None:
         """Expire a pending session whose deadline passed; the status after, or None."""
         status = await self._expire(
@@ -107,9 +154,20 @@ class SessionStore:
         if status is None:
             await self.redis.zrem(self.keys.deadlines, session_id)
             return None
+        if status == "expired_now":
+            await self._expired(session_id, now=True)
+            return SessionStatus.EXPIRED
         if status != SessionStatus.PENDING:
             await self.redis.zrem(self.keys.deadlines, session_id)
         return SessionStatus(status)
+
+    async def _expired(self, session_id: str, *, now: bool) -> None:
+        """Drop an expired session from the deadline index; audit it if it expired just now."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.deadlines, session_id)
+            if now and self.audit is not None:
+                self.audit.add_to(pipe, [AuditEntry("expired", session=session_id)])
+            await pipe.execute()
 
     async def overdue(self, limit: int = 100) -> list[str]:
         """Ids in the deadline index whose deadline has passed."""
@@ -155,8 +213,9 @@ class SessionStore:
         reclaimed: bool = False,
         idempotent: bool = False,
         max_attempts: int = 1,
-    ) -> tuple[str, dict[str, Any] | None]:
-        """Take a call: ('run', its stored form), or ('unknown' | 'exhausted' | 'skip', None)."""
+        job_id: str = "",
+    ) -> tuple[str, RunnableCall | None]:
+        """Take a call: ('run', what to run), or ('unknown' | 'exhausted' | 'skip', None)."""
         outcome, *rest = await self._start_call(
             keys=[self.keys.session(session_id)],
             args=[
@@ -166,12 +225,15 @@ class SessionStore:
                 "1" if idempotent else "0",
                 max_attempts,
                 self.keys.wakeup_channel(session_id),
+                job_id,
             ],
         )
         if outcome != "run":
             return outcome, None
         calls: list[dict[str, Any]] = orjson.loads(rest[0])
-        return outcome, next(c for c in calls if c["id"] == call_id)
+        call = next(c for c in calls if c["id"] == call_id)
+        decision = Decision.model_validate_json(rest[1]) if rest[1] else None
+        return outcome, RunnableCall.of(call, decision, tenant=rest[2])
 
     async def finish_call(self, session_id: str, call_id: str, result: ToolResult) -> bool:
         """Store a call's outcome and wake the holder; False if the call was not running."""
@@ -185,6 +247,54 @@ class SessionStore:
             ],
         )
         return bool(stored)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnableCall:
+    """What a worker runs: the approved arguments (edited ones when the approver edited)."""
+
+    name: str
+    arguments: dict[str, Any]
+    approved_sha256: str
+    """The hash of the arguments as approved; the worker refuses to run anything else."""
+    tenant: str = "default"
+
+    @classmethod
+    def of(
+        cls, call: Mapping[str, Any], decision: Decision | None, tenant: str = "default"
+    ) -> RunnableCall:
+        arguments = call["arguments"]
+        approved = call["arguments_sha256"]
+        if decision is not None:
+            if decision.decision == "edit" and decision.arguments is not None:
+                arguments = decision.arguments
+            approved = decision.arguments_sha256 or approved
+        return cls(str(call["name"]), arguments, str(approved), tenant)
+
+
+@dataclass(frozen=True, slots=True)
+class CallDecisionItem:
+    """One call's decision, validated and ready to store."""
+
+    call_id: str
+    decision: Decision
+    status: CallStatus
+    expected_sha256: str = ""
+    """The hash the approver saw; "" when the approver sent none."""
+    result: ToolResult | None = None
+
+    def as_script_item(self) -> dict[str, str]:
+        return {
+            "id": self.call_id,
+            "kind": self.decision.decision,
+            "reason": self.decision.reason,
+            "expected": self.expected_sha256,
+            "sha": self.decision.arguments_sha256,
+            "status": self.status.value,
+            "decision": self.decision.model_dump_json(exclude_none=True),
+            "result": self.result.model_dump_json() if self.result else "",
+            "content": self.decision.result or "",
+        }
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:

@@ -3,40 +3,83 @@
 The gateway uses them for their schemas, the workers to run them, so both
 share one definition. A tool may carry `metadata` keys the gateway reads:
 `read_only` (runs without approval unless policy says otherwise),
-`idempotent`, and `timeout_s`.
+`idempotent`, and `timeout_s`; a policy rule's fields of the same names win.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from core.settings import PolicyMode
+from core.policy import Policy, ToolRule, policy_from_settings
+from core.settings import PolicyMode, Settings
+
+log = logging.getLogger(__name__)
+
+_RULE_METADATA = ("read_only", "idempotent", "timeout_s")  # rule fields that override metadata
 
 
 class ToolBox:
-    """The server-side tools by name, with their OpenAI schemas and policy."""
+    """The server-side tools by name, with their OpenAI schemas and the policy over them."""
 
-    def __init__(self, tools: Iterable[BaseTool], policy: Mapping[str, PolicyMode]) -> None:
+    def __init__(self, tools: Iterable[BaseTool], policy: Policy) -> None:
         self.tools = {tool.name: tool for tool in tools}
-        self.policy = dict(policy)
+        self.policy = policy
         self.schemas = [convert_to_openai_tool(tool) for tool in self.tools.values()]
+        if unknown := sorted(set(policy.tools) - set(self.tools)):
+            # Harmless (unknown tools are denied), but often a typo in a tool name.
+            log.warning("policy has rules for tools that are not loaded: %s", ", ".join(unknown))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ToolBox:
+        """The configured tools under the configured policy (`policy_file`, then `tool_policy`)."""
+        return cls(load_tools(settings.tools), policy_from_settings(settings))
 
     def __contains__(self, name: object) -> bool:
         return name in self.tools
 
-    def mode_for(self, name: str) -> PolicyMode:
-        """The policy for a call: configured, else `auto` for read-only tools, else `ask`."""
-        if name in self.policy:
-            return self.policy[name]
-        return PolicyMode.AUTO if self.metadata(name).get("read_only") else PolicyMode.ASK
+    def rule(self, name: str) -> ToolRule:
+        """The policy rule for a tool: its own, or the default rule."""
+        return self.policy.rule_for(name)
+
+    def mode_for(self, name: str, arguments: Mapping[str, Any] | None = None) -> PolicyMode:
+        """A call's mode (precedence in docs/policy.md); `ask_when` turns `auto` into `ask`."""
+        read_only = bool(self._tool_metadata(name).get("read_only"))
+        return self.policy.mode_for(name, arguments or {}, read_only_tool=read_only)
 
     def metadata(self, name: str) -> Mapping[str, Any]:
-        return self.tools[name].metadata or {}
+        """The tool's metadata with the rule's `read_only`, `idempotent` and `timeout_s` over it."""
+        rule = self.rule(name)
+        overrides = {key: getattr(rule, key) for key in _RULE_METADATA}
+        return {
+            **self._tool_metadata(name),
+            **{key: value for key, value in overrides.items() if value is not None},
+        }
+
+    def idempotent(self, name: str) -> bool:
+        """Whether a call may run again after its worker died; false for unknown tools."""
+        return name in self.tools and bool(self.metadata(name).get("idempotent"))
+
+    def timeout_s(self, name: str, default: float) -> float:
+        """How long one call may run: the rule's, else the tool's metadata, else `default`."""
+        return float(self.metadata(name).get("timeout_s", default))
+
+    def editable(self, name: str) -> bool:
+        """Whether an approver may change the call's arguments before approving."""
+        return self.rule(name).editable
+
+    def approvers(self, name: str) -> list[str]:
+        """The roles that may decide the tool's calls."""
+        return list(self.rule(name).approvers)
+
+    def _tool_metadata(self, name: str) -> Mapping[str, Any]:
+        tool = self.tools.get(name)
+        return (tool.metadata or {}) if tool is not None else {}
 
 
 def load_tools(spec: str) -> list[BaseTool]:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.audit import AuditLog
 from core.connect import connect
 from core.errors import GatewayError, RedisUnavailable
 from core.jobs import JobQueue
@@ -25,14 +26,16 @@ from core.keys import Keys
 from core.runlog import RunLog
 from core.settings import Settings
 from core.store import SessionStore
-from core.tools import ToolBox, load_tools
+from core.tools import ToolBox
 from core.wakeups import WakeupHub
-from gateway import approvals, completions, health, legacy, reattach
+from gateway import approvals, audit, completions, health, legacy, reattach
+from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
 from gateway.upstream import LangChainUpstream
+from gateway.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +45,24 @@ LEGACY_PATHS = frozenset({"/v1/chat/completion", "/v1/chat/approve"})
 def create_app(settings: Settings) -> Starlette:
     """The gateway's ASGI app for one replica."""
     keys = Keys(settings.key_prefix)
-    toolbox = ToolBox(load_tools(settings.tools), settings.tool_policy)
+    toolbox = ToolBox.from_settings(settings)
     runner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    authenticator = Authenticator(settings.api_keys)
+    if authenticator.open:
+        log.warning(
+            "NO API KEYS CONFIGURED: the gateway is OPEN; anyone who reaches it can chat and "
+            "approve tool calls. Set GATEWAY_API_KEYS (see README, Authentication)."
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings, f"gateway:{runner_id}")
-        store = SessionStore(redis, keys, settings.session_retention_s)
+        audit_log = AuditLog(redis, keys, settings.audit_maxlen)
+        store = SessionStore(redis, keys, settings.session_retention_s, audit_log)
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
+        webhooks = WebhookSender(settings.webhooks, settings.webhook_max_attempts)
+        await webhooks.start()
         app.state.engine = Engine(
             settings=settings,
             store=store,
@@ -59,8 +71,11 @@ def create_app(settings: Settings) -> Starlette:
             toolbox=toolbox,
             upstream=LangChainUpstream(settings),
             runner_id=runner_id,
+            audit=audit_log,
+            webhooks=webhooks if settings.webhooks else None,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)
+        app.state.authenticator = authenticator
         runlog = RunLog(redis, keys, settings.session_retention_s)
         app.state.runs = runs = RunRegistry(app.state.engine, runlog)
         sweeper = asyncio.create_task(Sweeper(store, runner_id).run_forever(), name="sweeper")
@@ -72,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sweeper
+            await webhooks.stop(grace_s=settings.shutdown_grace_s / 2)
             await hub.stop()
             await redis.aclose()
 
@@ -81,6 +97,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/approvals/{session_id}", approvals.get_approval, methods=["GET"]),
         Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
         Route("/v1/approvals/{session_id}/stream", reattach.reattach, methods=["GET"]),
+        Route("/v1/audit", audit.list_audit, methods=["GET"]),
         Route("/v1/chat/completion", legacy.chat_completion, methods=["POST"]),
         Route("/v1/chat/approve", legacy.approve, methods=["POST"]),
         Route("/health", legacy.health, methods=["GET"]),

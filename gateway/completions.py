@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from core.errors import InvalidRequest, Unavailable
 from core.records import SessionStatus
 from gateway import sse
+from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.conversation import ChatContext, Engine, converse
 from gateway.events import (
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 
 async def chat_completions(request: Request) -> Response:
+    principal = principal_of(request)
+    principal.require("requester")
     engine: Engine = request.app.state.engine
     runs: RunRegistry = request.app.state.runs
     if runs.draining:
@@ -53,6 +56,9 @@ async def chat_completions(request: Request) -> Response:
         | ({"tool_choice": body.tool_choice} if body.tool_choice else {}),
         client_tools=[tool.model_dump() for tool in body.tools],
         logged=body.stream,
+        tenant=principal.tenant,
+        requester=principal.name,
+        conversation=request.headers.get("x-conversation-id", "")[:128],
     )
     events = converse(engine, ctx, [m.as_dict() for m in body.messages])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

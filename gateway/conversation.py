@@ -15,11 +15,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core.audit import AuditEntry, AuditLog
 from core.errors import DecisionConflict, Overloaded, RedisUnavailable
 from core.jobs import JobQueue
 from core.records import (
@@ -50,6 +52,14 @@ from gateway.events import (
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
 
 HEARTBEAT = Heartbeat()
+
+
+class WebhookSink(Protocol):
+    """Where approval events go out to subscribers (never blocks, never raises)."""
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> str | None: ...
+
+
 log = logging.getLogger(__name__)
 
 
@@ -64,6 +74,8 @@ class Engine:
     toolbox: ToolBox
     upstream: Upstream
     runner_id: str
+    audit: AuditLog
+    webhooks: WebhookSink | None = None
 
     def check_redis(self) -> None:
         """Fail fast (503) while the wake-up connection says Redis is down."""
@@ -85,6 +97,10 @@ class ChatContext:
     """A streamed request: from its first approval notice on, its events go to a run log."""
     log_id: str = ""
     """The run log, once the first approval notice opened it."""
+    tenant: str = "default"
+    requester: str = "anonymous"
+    conversation: str = ""
+    """The `X-Conversation-Id` the client sent, if any: grants are scoped to it."""
 
     @classmethod
     def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
@@ -96,6 +112,9 @@ class ChatContext:
             client_tools=record.continuation.client_tools,
             logged=bool(record.log_id),
             log_id=record.log_id,
+            tenant=record.view.tenant,
+            requester=record.view.requester,
+            conversation=record.view.conversation,
         )
 
 
@@ -182,6 +201,13 @@ async def _open_session(
         views.append(view)
         if decision is not None:
             initial[call.id] = decision
+    granted = await _granted(engine, ctx, views, now)
+    for index, view in enumerate(views):
+        if view.id in granted:
+            views[index] = view.model_copy(
+                update={"status": CallStatus.APPROVED, "decision": granted[view.id]}
+            )
+            initial[view.id] = granted[view.id]
     statuses = {v.status for v in views}
     if CallStatus.PENDING in statuses:
         if await engine.store.count_pending() >= engine.settings.max_pending_sessions:
@@ -198,6 +224,9 @@ async def _open_session(
         model=ctx.model,
         created_at=now,
         expires_at=now + engine.settings.approval_timeout_s,
+        tenant=ctx.tenant,
+        requester=ctx.requester,
+        conversation=ctx.conversation,
         tool_calls=views,
     )
     continuation = Continuation(
@@ -207,7 +236,65 @@ async def _open_session(
         ctx.log_id = session.id  # the first approval notice opens the run log
     record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
     await engine.store.create(record, initial)
+    await engine.audit.append(_opened_entries(session))
+    if status is SessionStatus.PENDING and engine.webhooks is not None:
+        engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
     return record
+
+
+async def _granted(
+    engine: Engine, ctx: ChatContext, views: Sequence[ToolCallView], now: float
+) -> dict[str, Decision]:
+    """Calls that would ask but are covered by a standing grant in this conversation."""
+    asking = [v for v in views if v.status is CallStatus.PENDING]
+    if not asking or not ctx.conversation:
+        return {}
+    keys = engine.store.keys
+    async with engine.store.redis.pipeline(transaction=False) as pipe:
+        for view in asking:
+            pipe.get(keys.grant(ctx.tenant, ctx.conversation, view.name, view.arguments_sha256))
+            pipe.get(keys.grant(ctx.tenant, ctx.conversation, view.name, "*"))
+        found: list[str | None] = await pipe.execute()
+    granted = {}
+    for index, view in enumerate(asking):
+        grantor = found[2 * index] or found[2 * index + 1]
+        if grantor:
+            granted[view.id] = Decision(
+                decision="approve",
+                reason=f"covered by a grant from {grantor} in this conversation",
+                actor="grant",
+                decided_at=now,
+                arguments_sha256=view.arguments_sha256,
+            )
+    return granted
+
+
+def _opened_entries(session: ApprovalSession) -> list[AuditEntry]:
+    event_of = {CallStatus.PENDING: "requested", CallStatus.DENIED: "denied"}
+    entries = []
+    for call in session.tool_calls:
+        decision = call.decision
+        if call.status is CallStatus.APPROVED and decision is not None:
+            event = "granted_run" if decision.actor == "grant" else "auto_approved"
+        else:
+            event = event_of.get(call.status, call.status.value)
+        entries.append(
+            AuditEntry(
+                event,
+                session=session.id,
+                tool=call.name,
+                call=call.id,
+                actor=decision.actor if decision else session.requester,
+                tenant=session.tenant,
+                detail={
+                    "arguments_sha256": call.arguments_sha256,
+                    "policy": call.policy.value,
+                    "requester": session.requester,
+                    **({"reason": decision.reason} if decision and decision.reason else {}),
+                },
+            )
+        )
+    return entries
 
 
 def _classify(
@@ -220,7 +307,7 @@ def _classify(
     elif call.arguments is None:
         mode, reason = PolicyMode.DENY, "the arguments are not valid JSON"
     else:
-        mode, reason = toolbox.mode_for(call.name), "denied by policy"
+        mode, reason = toolbox.mode_for(call.name, arguments), "denied by policy"
     status = {
         PolicyMode.AUTO: CallStatus.APPROVED,
         PolicyMode.ASK: CallStatus.PENDING,
@@ -236,9 +323,13 @@ def _classify(
     )
     if mode is PolicyMode.ASK:
         return view, None
-    kind: Literal["approve", "reject"] = "approve" if mode is PolicyMode.AUTO else "reject"
+    approve = mode is PolicyMode.AUTO
     decision = Decision(
-        decision=kind, reason="" if kind == "approve" else reason, actor="policy", decided_at=now
+        decision="approve" if approve else "reject",
+        reason="" if approve else reason,
+        actor="policy",
+        decided_at=now,
+        arguments_sha256=view.arguments_sha256 if approve else "",
     )
     return view.model_copy(update={"decision": decision}), decision
 
@@ -346,10 +437,18 @@ _FINISHED = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED})
 def _start_events(record: SessionRecord) -> list[ToolEvent]:
     events = []
     for call in record.view.tool_calls:
+        decision = call.decision
         if call.status is CallStatus.QUEUED:
-            events.append(ToolEvent("executing", call.id, call.name, {"arguments": call.arguments}))
+            if decision is not None and decision.decision == "edit":
+                detail = {"arguments": decision.arguments, "edited": True, "by": "approver"}
+            else:
+                detail = {"arguments": call.arguments}
+            events.append(ToolEvent("executing", call.id, call.name, detail))
+        elif call.status is CallStatus.RESPONDED:
+            content = decision.result if decision and decision.result is not None else ""
+            detail = {"content": content, "by": "approver", "responded": True}
+            events.append(ToolEvent("result", call.id, call.name, detail))
         elif call.status in _NOT_RUN:
-            decision = call.decision
             detail = {"reason": decision.reason if decision else "", "by": _actor(call)}
             events.append(ToolEvent("rejected", call.id, call.name, detail))
     return events
@@ -370,12 +469,15 @@ def _actor(call: ToolCallView) -> str:
 
 def _tool_message(call: ToolCallView) -> dict[str, Any]:
     """The one tool message the model sees for a call, whatever became of it."""
-    reason = (call.decision.reason if call.decision else "") or "no reason given"
+    decision = call.decision
+    reason = (decision.reason if decision else "") or "no reason given"
     match call.status:
         case CallStatus.SUCCEEDED:
             content = call.result.content if call.result else ""
         case CallStatus.FAILED:
             content = f"Error: {call.result.content if call.result else 'unknown error'}"
+        case CallStatus.RESPONDED:
+            content = decision.result if decision and decision.result is not None else ""
         case CallStatus.REJECTED:
             content = f"The user rejected this tool call, so it was not run. Reason: {reason}"
         case CallStatus.DENIED:
@@ -387,6 +489,12 @@ def _tool_message(call: ToolCallView) -> dict[str, Any]:
             content = f"The outcome of this tool call is unknown: {detail}."
         case _:
             content = "The outcome of this tool call is unknown: no result arrived in time."
+    if decision is not None and decision.decision == "edit":
+        edited = orjson.dumps(decision.arguments).decode()
+        note = f" Reason: {decision.reason}" if decision.reason else ""
+        content = (
+            f"The approver edited this call's arguments to {edited} before it ran.{note}\n{content}"
+        )
     return {"role": "tool", "tool_call_id": call.id, "content": content}
 
 

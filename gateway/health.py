@@ -22,6 +22,7 @@ async def readyz(request: Request) -> JSONResponse:
     except (RedisError, OSError) as error:
         body = {"status": "unavailable", "redis": f"unreachable: {error}"}
         return JSONResponse(body, status_code=503)
-    return JSONResponse(
-        {"status": "ready", "redis": "ok", "held_streams": request.app.state.stream_slots.held}
-    )
+    body = {"status": "ready", "redis": "ok", "held_streams": request.app.state.stream_slots.held}
+    if request.app.state.authenticator.open:
+        body["auth"] = "OPEN: no API keys are configured; anyone can chat and approve"
+    return JSONResponse(body)

@@ -18,15 +18,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from core.errors import GatewayError
-from gateway import sse
+from gateway import decisions, sse
+from gateway.auth import principal_of
 from gateway.conversation import ChatContext, Engine, converse, resume
 from gateway.events import ApprovalNotice, ContentDelta, Event, ToolEvent
-from gateway.requests import LegacyApproveRequest, LegacyChatRequest, read_json, validate
+from gateway.requests import (
+    DecisionRequest,
+    LegacyApproveRequest,
+    LegacyChatRequest,
+    read_json,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
 
 async def chat_completion(request: Request) -> Response:
+    principal = principal_of(request)
+    principal.require("requester")
     engine: Engine = request.app.state.engine
     engine.check_redis()
     body = validate(LegacyChatRequest, await read_json(request, engine.settings.max_body_bytes))
@@ -36,6 +45,9 @@ async def chat_completion(request: Request) -> Response:
         protocol="legacy",
         hold=False,
         params={k: v for k, v in params.items() if v is not None},
+        tenant=principal.tenant,
+        requester=principal.name,
+        conversation=request.headers.get("x-conversation-id", "")[:128],
     )
     messages = [m.model_dump() for m in body.messages]
     slots: sse.StreamSlots = request.app.state.stream_slots
@@ -43,12 +55,15 @@ async def chat_completion(request: Request) -> Response:
 
 
 async def approve(request: Request) -> Response:
+    principal = principal_of(request)
     engine: Engine = request.app.state.engine
     body = validate(LegacyApproveRequest, await read_json(request, engine.settings.max_body_bytes))
-    if body.approved:
-        await engine.store.decide_all(body.sessionid, "approve", "", actor="anonymous")
-    else:
-        await engine.store.decide_all(body.sessionid, "reject", "the user declined", "anonymous")
+    decision = (
+        DecisionRequest(decision="approve")
+        if body.approved
+        else DecisionRequest(decision="reject", reason="the user declined")
+    )
+    await decisions.decide(engine, principal, body.sessionid, decision)
     slots: sse.StreamSlots = request.app.state.stream_slots
     return slots.response(_stream(resume(engine, body.sessionid, hold=False)))
 

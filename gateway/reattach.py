@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from core.errors import InvalidRequest, NoStream, Unavailable
 from gateway import sse
+from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.completions import render_item
 from gateway.conversation import Engine
@@ -23,11 +24,14 @@ from gateway.runs import RunRegistry
 
 
 async def reattach(request: Request) -> Response:
+    principal = principal_of(request)
+    principal.require("requester", "approver")
     engine: Engine = request.app.state.engine
     runs: RunRegistry = request.app.state.runs
     if runs.draining:
         raise Unavailable("this replica is shutting down; retry on another")
     record = await engine.store.get(request.path_params["session_id"])
+    principal.require_sees(record.view)
     if not record.log_id:
         raise NoStream(f"approval session {record.id!r} belongs to no stream to re-attach to")
     after = _last_event_id(request)
@@ -69,8 +73,11 @@ async def _follow(
             if runs.draining:
                 yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", cursor))
                 return
-            if not await runs.runlog.is_leased(log_id) and await runs.take_over(log_id):
-                continue
+            if not await runs.runlog.is_leased(log_id):
+                if (await runs.runlog.meta(log_id)).get("done"):
+                    return  # the run ended and the client has every event up to its end
+                if await runs.take_over(log_id):
+                    continue
             await waiter.wait(min(settings.reread_interval_s, next_beat - time.monotonic()))
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + settings.heartbeat_interval_s

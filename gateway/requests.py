@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import Request
 
 from core.errors import BodyTooLarge, InvalidRequest
@@ -134,10 +141,62 @@ class LegacyApproveRequest(BaseModel):
     approved: bool
 
 
-class DecisionRequest(BaseModel):
-    """`POST /v1/approvals/{id}/decision`: one decision for every pending call."""
+class Grant(BaseModel):
+    """With an approval: allow this tool without asking, in this conversation, for a while."""
 
     model_config = ConfigDict(extra="forbid")
 
-    decision: Literal["approve", "reject"]
+    ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    same_arguments: bool = False
+    """Only calls with exactly these arguments (by hash) are covered."""
+
+
+class CallDecision(BaseModel):
+    """One call's decision in `{"calls": [...]}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool_call_id: str = Field(min_length=1, max_length=128)
+    decision: Literal["approve", "reject", "edit", "respond"]
     reason: str = Field(default="", max_length=2000)
+    arguments: dict[str, Any] | None = None
+    """`edit`: the new arguments (the tool's schema applies; the name cannot change)."""
+    result: Any = None
+    """`respond`: the tool result to give the model instead of running the tool."""
+    arguments_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """The hash of the arguments the approver saw; a mismatch is refused (409)."""
+    grant: Grant | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_decision(self) -> CallDecision:
+        if self.decision == "edit" and self.arguments is None:
+            raise ValueError("an 'edit' needs 'arguments'")
+        if self.decision != "edit" and self.arguments is not None:
+            raise ValueError("'arguments' belongs to an 'edit' only")
+        if self.decision == "respond" and self.result is None:
+            raise ValueError("a 'respond' needs 'result'")
+        if self.decision != "respond" and self.result is not None:
+            raise ValueError("'result' belongs to a 'respond' only")
+        if self.grant is not None and self.decision not in ("approve", "edit"):
+            raise ValueError("a 'grant' goes with 'approve' or 'edit' only")
+        return self
+
+
+class DecisionRequest(BaseModel):
+    """`POST /v1/approvals/{id}/decision`: one decision for every pending call, or per call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"] | None = None
+    reason: str = Field(default="", max_length=2000)
+    calls: list[CallDecision] | None = Field(default=None, min_length=1, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DecisionRequest:
+        if (self.decision is None) == (self.calls is None):
+            raise ValueError("send either 'decision' (for every call) or 'calls' (per call)")
+        if self.calls is not None:
+            ids = [c.tool_call_id for c in self.calls]
+            if len(set(ids)) != len(ids):
+                raise ValueError("each tool_call_id may appear once")
+        return self

@@ -131,6 +131,7 @@ class Run:
             error = as_gateway_error(raised)
             log.warning("run %s failed: %s", self.log_id, error.message)
             self._publish(StreamFailed(error.code, error.message))
+        self._meta_fields["done"] = "1"  # flushed with Ended: a finished run is never resumed
         self._publish(Ended())
         self.ended = True
         asyncio.get_running_loop().create_task(self.stop(hand_over=False))
@@ -217,6 +218,9 @@ class RunRegistry:
         if lease is None:
             return None
         fields = await self.runlog.meta(log_id)
+        if fields.get("done"):  # it ended; its log holds everything
+            await self.runlog.release(lease)
+            return None
         if "session" not in fields:  # its replica died before logging anything
             fields = {**fields, "session": log_id}
         meta = ChunkMeta.of_fields(fields) if "completion_id" in fields else None

@@ -15,17 +15,32 @@ from openai import Stream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 
-def sdk(base_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+def sdk(
+    base_url: str, api_key: str = "unused", headers: dict[str, str] | None = None
+) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{base_url}/v1",
+        api_key=api_key,
+        max_retries=0,
+        timeout=60,
+        default_headers=headers,
+    )
 
 
 def user(text: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": text}]
 
 
-def stream_chat(base_url: str, prompt: str, **options: Any) -> Stream[ChatCompletionChunk]:
+def stream_chat(
+    base_url: str,
+    prompt: str,
+    api_key: str = "unused",
+    headers: dict[str, str] | None = None,
+    **options: Any,
+) -> Stream[ChatCompletionChunk]:
     """A streamed completion through the official SDK."""
-    stream: Stream[ChatCompletionChunk] = sdk(base_url).chat.completions.create(
+    client = sdk(base_url, api_key, headers)
+    stream: Stream[ChatCompletionChunk] = client.chat.completions.create(
         model="offline-model", messages=user(prompt), stream=True, **options
     )
     return stream
@@ -72,12 +87,31 @@ def consume(
     return seen
 
 
-def decide(base_url: str, session_id: str, decision: str, reason: str = "") -> httpx.Response:
+def decide(
+    base_url: str, session_id: str, decision: str, reason: str = "", key: str | None = None
+) -> httpx.Response:
     return httpx.post(
         f"{base_url}/v1/approvals/{session_id}/decision",
         json={"decision": decision, "reason": reason},
+        headers=bearer(key),
         timeout=30,
     )
+
+
+def decide_calls(
+    base_url: str, session_id: str, calls: list[dict[str, Any]], key: str | None = None
+) -> httpx.Response:
+    """A per-call decision: `calls` are `{"tool_call_id", "decision", ...}` items."""
+    return httpx.post(
+        f"{base_url}/v1/approvals/{session_id}/decision",
+        json={"calls": calls},
+        headers=bearer(key),
+        timeout=30,
+    )
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def sse_data(lines: Iterable[str]) -> list[Any]:
@@ -93,7 +127,15 @@ def sse_data(lines: Iterable[str]) -> list[Any]:
 class HeldStream:
     """A streamed completion read in a background thread, so a test can act while it is held."""
 
-    def __init__(self, base_url: str, prompt: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        prompt: str,
+        api_key: str = "unused",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.api_key = api_key
+        self.headers = headers
         self.pending = threading.Event()
         self.approval: dict[str, Any] = {}
         self.result: StreamResult | None = None
@@ -108,7 +150,8 @@ class HeldStream:
             self.pending.set()
 
         try:
-            self.result = consume(stream_chat(base_url, prompt), on_approval=held)
+            chunks = stream_chat(base_url, prompt, self.api_key, self.headers)
+            self.result = consume(chunks, on_approval=held)
         except BaseException as error:  # reported to the test by wait()
             self.error = error
         self.finished_at = time.monotonic()

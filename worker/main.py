@@ -17,13 +17,14 @@ import socket
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.audit import AuditEntry, AuditLog
 from core.connect import connect
 from core.jobs import Job, JobQueue
 from core.keys import Keys
 from core.records import ToolResult, arguments_sha256
 from core.settings import Settings
-from core.store import SessionStore
-from core.tools import ToolBox, load_tools
+from core.store import RunnableCall, SessionStore
+from core.tools import ToolBox
 from worker.execute import run_tool
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Worker:
         self.name = settings.worker.name or f"{socket.gethostname()}-{os.getpid()}"
         self.store = SessionStore(redis, keys, settings.session_retention_s)
         self.jobs = JobQueue(redis, keys)
+        self.audit = AuditLog(redis, keys, settings.audit_maxlen)
         self.toolbox = toolbox
         self.stopping = asyncio.Event()
         self.in_flight: dict[asyncio.Task[None], Job] = {}
@@ -61,10 +63,13 @@ class Worker:
                     continue
                 self._spawn(jobs, reclaimed=False)
         finally:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
-            await self._drain()
+            # Upkeep keeps in-flight jobs claimed while they finish (it reclaims nothing now).
+            try:
+                await self._drain()
+            finally:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
 
     def stop(self) -> None:
         """Stop taking new jobs (idempotent)."""
@@ -78,8 +83,7 @@ class Worker:
 
     async def handle(self, job: Job, *, reclaimed: bool = False) -> None:
         """Run a job's call if it may run; store the outcome, then acknowledge."""
-        tool = self.toolbox.tools.get(job.tool)
-        idempotent = bool(tool is not None and (tool.metadata or {}).get("idempotent"))
+        idempotent = job.tool in self.toolbox and self.toolbox.idempotent(job.tool)
         outcome, call = await self.store.start_call(
             job.session_id,
             job.tool_call_id,
@@ -87,25 +91,52 @@ class Worker:
             reclaimed=reclaimed,
             idempotent=idempotent,
             max_attempts=self.settings.max_attempts,
+            job_id=job.entry_id,
         )
         if outcome == "exhausted":
             await self.jobs.dead_letter(job, f"{self.settings.max_attempts} attempts")
         if call is not None:
             result = await self._execute(call)
             await self.store.finish_call(job.session_id, job.tool_call_id, result)
+            executed = AuditEntry(
+                "executed",
+                session=job.session_id,
+                tool=call.name,
+                call=job.tool_call_id,
+                actor=f"worker:{self.name}",
+                tenant=call.tenant,
+                detail={
+                    "outcome": result.status,
+                    "duration_ms": result.duration_ms,
+                    "arguments_sha256": call.approved_sha256,
+                    "attempt": "reclaimed" if reclaimed else "first",
+                },
+            )
+            with contextlib.suppress(RedisError):  # the result is stored; audit is best effort
+                await self.audit.append([executed])
+        elif outcome in ("unknown", "exhausted"):
+            with contextlib.suppress(RedisError):
+                await self.audit.append(
+                    [
+                        AuditEntry(
+                            "executed",
+                            session=job.session_id,
+                            tool=job.tool,
+                            call=job.tool_call_id,
+                            actor=f"worker:{self.name}",
+                            detail={"outcome": outcome, "attempt": "reclaimed"},
+                        )
+                    ]
+                )
         await self.jobs.ack(job)
 
-    async def _execute(self, call: dict[str, object]) -> ToolResult:
-        name, arguments = str(call["name"]), call["arguments"]
-        if (
-            not isinstance(arguments, dict)
-            or arguments_sha256(arguments) != call["arguments_sha256"]
-        ):
+    async def _execute(self, call: RunnableCall) -> ToolResult:
+        name, arguments = call.name, call.arguments
+        if not isinstance(arguments, dict) or arguments_sha256(arguments) != call.approved_sha256:
             return ToolResult(status="failed", content="arguments do not match the approved hash")
         if name not in self.toolbox:
             return ToolResult(status="failed", content=f"this worker has no tool named {name!r}")
-        metadata = self.toolbox.metadata(name)
-        timeout_s = float(metadata.get("timeout_s", self.settings.tool_timeout_s))
+        timeout_s = self.toolbox.timeout_s(name, self.settings.tool_timeout_s)
         tool = self.toolbox.tools[name]
         return await run_tool(tool, arguments, timeout_s, self.settings.max_result_bytes, self.name)
 
@@ -140,7 +171,7 @@ async def serve(settings: Settings) -> None:
     """Run a worker until SIGTERM or SIGINT."""
     name = f"worker:{socket.gethostname()}:{os.getpid()}"
     redis = connect(settings, name, extra_read_s=settings.worker.block_ms / 1000)
-    worker = Worker(settings, redis, ToolBox(load_tools(settings.tools), settings.tool_policy))
+    worker = Worker(settings, redis, ToolBox.from_settings(settings))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

@@ -1,0 +1,270 @@
+"""Deciding a session: who may, what each decision means, and what is recorded.
+
+Both decision endpoints (`POST /v1/approvals/{id}/decision` and the first version's
+`POST /v1/chat/approve`) come here. The order is fixed: read the session, check the
+caller (tenant, roles the tool's policy names, self-approval), validate every item
+(call ids, edited arguments against the tool's schema and policy), then one atomic
+script stores the decisions. Every refusal about an existing session is audited and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+from core.audit import AuditEntry
+from core.errors import (
+    EditRefused,
+    Forbidden,
+    GatewayError,
+    InvalidArguments,
+    InvalidRequest,
+    SelfApproval,
+    UnknownToolCall,
+)
+from core.records import (
+    CallStatus,
+    Decision,
+    SessionRecord,
+    SessionStatus,
+    ToolCallView,
+    ToolResult,
+    arguments_sha256,
+)
+from core.settings import PolicyMode
+from core.store import CallDecisionItem
+from gateway.auth import Principal
+from gateway.conversation import Engine
+from gateway.requests import CallDecision, DecisionRequest
+
+_STATUS_OF = {
+    "approve": CallStatus.APPROVED,
+    "edit": CallStatus.APPROVED,
+    "reject": CallStatus.REJECTED,
+    "respond": CallStatus.RESPONDED,
+}
+
+
+async def decide(
+    engine: Engine, principal: Principal, session_id: str, body: DecisionRequest
+) -> SessionRecord:
+    """Apply a decision request for `principal`; returns the session after it."""
+    record = await engine.store.get(session_id)
+    try:
+        principal.require_sees(record.view)
+        principal.require("approver")
+        if body.calls is not None:
+            items = [_prepare(engine, principal, record, c) for c in body.calls]
+            _authorize(engine, principal, record, [i.call_id for i in items])
+            outcome, after = await engine.store.decide_calls(session_id, items)
+            applied = outcome != "repeat"
+        else:
+            assert body.decision is not None
+            pending = [c.id for c in record.view.tool_calls if c.status is CallStatus.PENDING]
+            _authorize(engine, principal, record, pending)
+            applied, after = await engine.store.decide_all(
+                session_id, body.decision, body.reason, actor=principal.name
+            )
+    except GatewayError as error:
+        await _audit_refusal(engine, principal, record, error)
+        raise
+    if applied:
+        await _record(engine, principal, record, after, body)
+    return after
+
+
+def _authorize(
+    engine: Engine, principal: Principal, record: SessionRecord, call_ids: Iterable[str]
+) -> None:
+    session = record.view
+    if (
+        not engine.settings.allow_self_approval
+        and engine.settings.api_keys
+        and principal.name == session.requester
+    ):
+        raise SelfApproval(f"{principal.name!r} requested these calls and may not decide them")
+    names = {c.id: c.name for c in session.tool_calls}
+    for call_id in call_ids:
+        name = names.get(call_id)
+        if name is None or name not in engine.toolbox:
+            continue  # unknown ids are refused by the store; unknown tools never run
+        allowed = engine.toolbox.approvers(name)
+        if "admin" not in principal.roles and not set(allowed) & principal.roles:
+            raise Forbidden(f"deciding {name!r} needs one of the roles {sorted(allowed)}")
+
+
+def _prepare(
+    engine: Engine, principal: Principal, record: SessionRecord, item: CallDecision
+) -> CallDecisionItem:
+    call = _call(record, item.tool_call_id)
+    if item.grant is not None and not record.view.conversation:
+        raise InvalidRequest(
+            "a grant is scoped to a conversation: the chat request must send X-Conversation-Id"
+        )
+    now = time.time()
+    arguments: dict[str, Any] | None = None
+    sha = ""
+    result: ToolResult | None = None
+    content: str | None = None
+    match item.decision:
+        case "approve":
+            sha = call.arguments_sha256
+        case "edit":
+            arguments = _checked_edit(engine, call, item.arguments or {})
+            sha = arguments_sha256(arguments)
+        case "respond":
+            content = item.result if isinstance(item.result, str) else _json(item.result)
+            result = ToolResult(
+                status="succeeded", content=content, worker=f"approver:{principal.name}"
+            )
+    decision = Decision(
+        decision=item.decision,
+        reason=item.reason,
+        actor=principal.name,
+        decided_at=now,
+        arguments=arguments,
+        arguments_sha256=sha,
+        result=content,
+    )
+    return CallDecisionItem(
+        call_id=call.id,
+        decision=decision,
+        status=_STATUS_OF[item.decision],
+        expected_sha256=item.arguments_sha256 or "",
+        result=result,
+    )
+
+
+def _call(record: SessionRecord, call_id: str) -> ToolCallView:
+    for call in record.view.tool_calls:
+        if call.id == call_id:
+            return call
+    raise UnknownToolCall(f"approval session {record.id!r} has no tool call {call_id!r}")
+
+
+def _checked_edit(engine: Engine, call: ToolCallView, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Edited arguments that fit the tool's schema and that policy would not deny."""
+    if call.name not in engine.toolbox:
+        raise EditRefused(f"there is no tool named {call.name!r} to run with edited arguments")
+    if not engine.toolbox.editable(call.name):
+        raise EditRefused(f"policy does not allow editing {call.name!r} calls")
+    schema = engine.toolbox.tools[call.name].args_schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        try:
+            schema.model_validate(arguments)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise InvalidArguments(f"arguments.{where}: {first['msg']}") from error
+    if engine.toolbox.mode_for(call.name, arguments) is PolicyMode.DENY:
+        raise EditRefused(f"policy denies {call.name!r} with the edited arguments")
+    return arguments
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _record(
+    engine: Engine,
+    principal: Principal,
+    before: SessionRecord,
+    after: SessionRecord,
+    body: DecisionRequest,
+) -> None:
+    """Audit what this request decided, store its grants, and tell the webhooks."""
+    was_pending = {c.id for c in before.view.tool_calls if c.status is CallStatus.PENDING}
+    decided = [
+        c
+        for c in after.view.tool_calls
+        if c.id in was_pending
+        and c.decision is not None
+        and c.decision.actor == principal.name
+        and c.status is not CallStatus.PENDING
+    ]
+    session = after.view
+    entries = [
+        AuditEntry(
+            "decided",
+            session=session.id,
+            tool=call.name,
+            call=call.id,
+            actor=principal.name,
+            tenant=session.tenant,
+            detail=_decision_detail(call),
+        )
+        for call in decided
+    ]
+    grants = {c.tool_call_id: c.grant for c in body.calls or () if c.grant is not None}
+    keys = engine.store.keys
+    async with engine.store.redis.pipeline(transaction=False) as pipe:
+        for call in decided:
+            grant = grants.get(call.id)
+            if grant is None or call.decision is None:
+                continue
+            sha = call.decision.arguments_sha256 if grant.same_arguments else "*"
+            key = keys.grant(session.tenant, session.conversation, call.name, sha)
+            pipe.set(key, principal.name, ex=grant.ttl_s)
+            entries.append(
+                AuditEntry(
+                    "granted",
+                    session=session.id,
+                    tool=call.name,
+                    call=call.id,
+                    actor=principal.name,
+                    tenant=session.tenant,
+                    detail={
+                        "conversation": session.conversation,
+                        "arguments_sha256": sha,
+                        "ttl_s": grant.ttl_s,
+                    },
+                )
+            )
+        engine.audit.add_to(pipe, entries)
+        await pipe.execute()
+    if engine.webhooks is not None and decided:
+        engine.webhooks.emit(
+            "approval.decided",
+            {
+                "session": session.model_dump(mode="json"),
+                "decided_by": principal.name,
+                "tool_call_ids": [c.id for c in decided],
+                "complete": session.status is not SessionStatus.PENDING,
+            },
+        )
+
+
+def _decision_detail(call: ToolCallView) -> dict[str, Any]:
+    decision = call.decision
+    assert decision is not None
+    detail: dict[str, Any] = {
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "arguments_sha256": decision.arguments_sha256 or call.arguments_sha256,
+    }
+    if decision.decision == "edit":
+        detail["original_sha256"] = call.arguments_sha256
+    return detail
+
+
+async def _audit_refusal(
+    engine: Engine, principal: Principal, record: SessionRecord, error: GatewayError
+) -> None:
+    entry = AuditEntry(
+        "refused",
+        session=record.id,
+        actor=principal.name,
+        tenant=record.view.tenant,
+        detail={"code": error.code, "message": error.message},
+    )
+    await engine.audit.append([entry])
+
+
+def visible(principal: Principal, sessions: Sequence[Any]) -> list[Any]:
+    """The sessions of `principal`'s tenant (every tenant's for an admin)."""
+    return [s for s in sessions if principal.sees(s)]

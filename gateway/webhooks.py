@@ -1,0 +1,276 @@
+"""Signed webhooks: approval events POSTed to the receivers in `Settings.webhooks`.
+
+`WebhookSender.emit()` builds an event, serializes it once and queues one delivery per
+target subscribed to its type; a few background tasks POST the deliveries with one shared
+`httpx.AsyncClient`, each attempt signed afresh (`X-Gateway-Signature`, see `sign`).
+
+    2xx                              delivered
+    network error, 408, 429, 5xx     retried after a full-jitter exponential backoff
+                                     (or the response's `Retry-After` seconds)
+    any other status                 failed, not retried
+    `max_attempts` attempts made     failed, given up
+
+Delivery is at-least-once per process while it runs: an attempt whose response is lost
+is sent again, so receivers de-duplicate by event id (`X-Gateway-Event-Id`). Deliveries
+live in this process's memory only: those still queued or waiting to retry when a replica
+is killed, or when `stop()` runs out of grace, are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+
+from core.settings import WebhookTarget
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "approval-gateway-webhooks"
+RETRIED_STATUSES = frozenset({408, 429})
+"""Besides every 5xx: statuses that say "later", not "never"."""
+DELIVERY_TASKS = 4
+"""Concurrent POSTs; a delivery waiting to retry holds none of them."""
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The `X-Gateway-Signature` value: `t=<unix>,v1=<hex HMAC-SHA256(secret, b"<t>." + body)>`."""
+    return f"t={timestamp},v1={_digest(secret, timestamp, body)}"
+
+
+def verify(
+    secret: bytes, header: str, body: bytes, tolerance_s: int = 300, now: float | None = None
+) -> bool:
+    """Whether `header` signs `body` with `secret` at a time within `tolerance_s` of `now`.
+
+    Any one of several `v1=` entries may match (a sender rotating keys signs with each).
+    A malformed header is `False`, never an exception.
+    """
+    timestamps, signatures = [], []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t":
+            timestamps.append(value)
+        elif key == "v1":
+            signatures.append(value)
+    if len(timestamps) != 1 or not _DIGITS.fullmatch(timestamps[0]):
+        return False
+    timestamp = int(timestamps[0])
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False
+    expected = _digest(secret, timestamp, body)
+    # A list, not a generator: every entry is compared, whichever one matches.
+    return any([s.isascii() and hmac.compare_digest(expected, s) for s in signatures])
+
+
+def _digest(secret: bytes, timestamp: int, body: bytes) -> str:
+    return hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+
+
+@dataclass(eq=False)
+class Delivery:
+    """One event on its way to one target."""
+
+    target: WebhookTarget
+    event_id: str
+    event_type: str
+    body: bytes
+    attempts: int = 0
+    retry: asyncio.TimerHandle | None = None
+
+
+class WebhookSender:
+    """Delivers events to the targets subscribed to them, in the background, with retries.
+
+    `start()` in the app's lifespan, `emit()` from request handlers, `stop()` at shutdown.
+    """
+
+    def __init__(
+        self,
+        targets: list[WebhookTarget],
+        max_attempts: int,
+        *,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 60.0,
+        timeout_s: float = 5.0,
+        queue_size: int = 10_000,
+    ) -> None:
+        self.targets = targets
+        self.max_attempts = max_attempts
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.timeout_s = timeout_s
+        self.queue_size = queue_size
+        """Bound on `pending`; `emit()` drops deliveries beyond it."""
+        self.delivered = 0
+        """Deliveries a target answered with a 2xx."""
+        self.failed = 0
+        """Deliveries that ended without a 2xx: not retried, or out of attempts."""
+        self.pending = 0
+        """Deliveries queued, in flight or waiting to retry."""
+        self.dropped = 0
+        """Deliveries lost here: queue full, sender stopped, or still pending when stop() ended."""
+        self._ready: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._waiting: set[Delivery] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+        self._stopped = False
+
+    async def start(self) -> None:
+        """Open the HTTP client and start the delivery tasks; deliveries emitted so far go out."""
+        if self._client is not None or self._stopped:
+            return
+        self._client = client = httpx.AsyncClient(
+            timeout=self.timeout_s, headers={"User-Agent": USER_AGENT}
+        )
+        self._tasks = [
+            asyncio.create_task(self._deliver_forever(client), name=f"webhooks-{n}")
+            for n in range(DELIVERY_TASKS)
+        ]
+
+    async def stop(self, grace_s: float) -> None:
+        """Take no more events; deliver what is pending for up to `grace_s`; drop the rest."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._client is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._idle.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for delivery in self._waiting:
+            assert delivery.retry is not None
+            delivery.retry.cancel()
+        if self.pending:
+            log.warning("webhooks: %d deliveries dropped at shutdown", self.pending)
+            self.dropped += self.pending
+            self.pending = 0
+        if self._client is not None:
+            await self._client.aclose()
+
+    def emit(self, event_type: str, data: dict[str, Any]) -> str | None:
+        """Queue the event for every target subscribed to `event_type`; its id, or None if none.
+
+        Synchronous, never blocks and never raises: unserializable data, a full queue or a
+        stopped sender is logged and the delivery dropped. Call it from the event loop's thread.
+        """
+        targets = [target for target in self.targets if event_type in target.events]
+        if not targets:
+            return None
+        event_id = f"evt_{uuid.uuid4().hex}"
+        event = {"id": event_id, "type": event_type, "created": int(time.time()), "data": data}
+        try:
+            body = orjson.dumps(event)
+        except orjson.JSONEncodeError as error:
+            log.error("webhook event %s (%s) not sent: %s", event_id, event_type, error)
+            return None
+        queued = 0
+        for target in targets:
+            if self._stopped or self.pending >= self.queue_size:
+                reason = "sender stopped" if self._stopped else "queue full"
+                log.warning("webhook %s to %s dropped: %s", event_id, target.url, reason)
+                self.dropped += 1
+                continue
+            self.pending += 1
+            self._idle.clear()
+            self._ready.put_nowait(Delivery(target, event_id, event_type, body))
+            queued += 1
+        return event_id if queued else None
+
+    def backoff_s(self, attempts: int) -> float:
+        """Wait before the next attempt after `attempts` failed ones: full jitter."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** min(attempts - 1, 32))
+        return random.uniform(0.0, ceiling)
+
+    async def _deliver_forever(self, client: httpx.AsyncClient) -> None:
+        while True:
+            delivery = await self._ready.get()
+            try:
+                await self._attempt(client, delivery)
+            except Exception:  # e.g. an invalid URL: retrying would not help
+                log.exception("webhook %s to %s failed", delivery.event_id, delivery.target.url)
+                self._finish(delivery, delivered=False)
+
+    async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
+        delivery.attempts += 1
+        secret = delivery.target.secret.get_secret_value().encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Gateway-Event-Id": delivery.event_id,
+            "X-Gateway-Event-Type": delivery.event_type,
+            "X-Gateway-Signature": sign(secret, int(time.time()), delivery.body),
+        }
+        try:
+            response = await client.post(
+                delivery.target.url, content=delivery.body, headers=headers
+            )
+        except httpx.TransportError as error:
+            self._retry_or_give_up(delivery, f"{type(error).__name__}: {error}", None)
+            return
+        status = response.status_code
+        if 200 <= status < 300:
+            self._finish(delivery, delivered=True)
+        elif status >= 500 or status in RETRIED_STATUSES:
+            self._retry_or_give_up(delivery, f"HTTP {status}", _retry_after_s(response))
+        else:
+            log.warning(
+                "webhook %s to %s refused with HTTP %d; not retried",
+                delivery.event_id,
+                delivery.target.url,
+                status,
+            )
+            self._finish(delivery, delivered=False)
+
+    def _retry_or_give_up(self, delivery: Delivery, reason: str, retry_after: float | None) -> None:
+        if delivery.attempts >= self.max_attempts:
+            log.warning(
+                "webhook %s to %s given up after %d attempts: %s",
+                delivery.event_id,
+                delivery.target.url,
+                delivery.attempts,
+                reason,
+            )
+            self._finish(delivery, delivered=False)
+            return
+        if retry_after is None:
+            delay = self.backoff_s(delivery.attempts)
+        else:
+            delay = min(retry_after, self.max_delay_s)
+        log.info("webhook %s: %s; retry in %.2fs", delivery.event_id, reason, delay)
+        self._waiting.add(delivery)
+        delivery.retry = asyncio.get_running_loop().call_later(delay, self._requeue, delivery)
+
+    def _requeue(self, delivery: Delivery) -> None:
+        self._waiting.discard(delivery)
+        self._ready.put_nowait(delivery)
+
+    def _finish(self, delivery: Delivery, *, delivered: bool) -> None:
+        if delivered:
+            self.delivered += 1
+        else:
+            self.failed += 1
+        self.pending -= 1
+        if self.pending == 0:
+            self._idle.set()
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    """`Retry-After` in seconds; None when absent or an HTTP date (the backoff applies)."""
+    value = response.headers.get("Retry-After", "").strip()
+    return float(value) if _DIGITS.fullmatch(value) else None

@@ -1,0 +1,103 @@
+"""The audit log: every event of a session, queryable over HTTP and exported as JSON lines."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.clients import HeldStream, decide, decide_calls
+from tests.conftest import Replica, StackFactory
+from tests.processes import ROOT
+
+
+def audit(replica: Replica, **filters: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{replica.url}/v1/audit", params=filters, timeout=10)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+def test_a_session_leaves_requested_decided_and_executed_entries(gateway: Replica) -> None:
+    held = HeldStream(gateway.url, "use getStringLength on 'audited' and getStringLength on 'no'")
+    approval = held.wait_pending()
+    first, second = approval["tool_calls"]
+    items = [
+        {"tool_call_id": first["id"], "decision": "approve"},
+        {"tool_call_id": second["id"], "decision": "reject", "reason": "not this one"},
+    ]
+    assert decide_calls(gateway.url, approval["id"], items).status_code == 200
+    held.wait()
+    entries = audit(gateway, session=approval["id"])
+    events = [(e["event"], e["call"]) for e in entries]
+    assert events[:2] == [("requested", first["id"]), ("requested", second["id"])]
+    decided = {e["call"]: e for e in entries if e["event"] == "decided"}
+    assert decided[first["id"]]["detail"]["decision"] == "approve"
+    assert decided[first["id"]]["detail"]["arguments_sha256"] == first["arguments_sha256"]
+    assert decided[second["id"]]["detail"] == {
+        "decision": "reject",
+        "reason": "not this one",
+        "arguments_sha256": second["arguments_sha256"],
+    }
+    assert decided[first["id"]]["actor"] == "anonymous"
+    # Only the approved call ran: one executed entry, from a worker, with its outcome.
+    deadline = time.monotonic() + 5
+    while not (
+        executed := [e for e in audit(gateway, session=approval["id"]) if e["event"] == "executed"]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    [ran] = executed
+    assert ran["call"] == first["id"] and ran["actor"].startswith("worker:")
+    assert ran["detail"]["outcome"] == "succeeded" and ran["detail"]["duration_ms"] >= 0
+    assert ran["detail"]["arguments_sha256"] == first["arguments_sha256"]
+    # Filters narrow; time bounds are unix seconds.
+    assert {e["event"] for e in audit(gateway, session=approval["id"], event="decided")} == {
+        "decided"
+    }
+    assert audit(gateway, session=approval["id"], since=str(time.time() + 60)) == []
+
+
+def test_expiry_and_refusals_are_audited(make_stack: StackFactory) -> None:
+    replica = make_stack(approval_timeout_s="1").replicas[0]
+    held = HeldStream(replica.url, "use getStringLength on 'too late'")
+    approval = held.wait_pending()
+    tampered = [
+        {
+            "tool_call_id": approval["tool_calls"][0]["id"],
+            "decision": "approve",
+            "arguments_sha256": "f" * 64,
+        }
+    ]
+    assert decide_calls(replica.url, approval["id"], tampered).status_code == 409
+    held.wait()
+    assert decide(replica.url, approval["id"], "approve").status_code == 410
+    entries = audit(replica, session=approval["id"])
+    refused = [e["detail"]["code"] for e in entries if e["event"] == "refused"]
+    assert refused == ["hash_mismatch", "session_expired"]
+    assert [e["event"] for e in entries].count("expired") == 1
+
+
+def test_the_export_command_writes_json_lines(make_stack: StackFactory) -> None:
+    stack = make_stack()
+    replica = stack.replicas[0]
+    held = HeldStream(replica.url, "use getStringLength on 'export'")
+    approval = held.wait_pending()
+    assert decide(replica.url, approval["id"], "approve").status_code == 200
+    held.wait()
+    exported = subprocess.run(
+        [sys.executable, "-m", "gateway.audit", "export"],
+        env=stack.env(),
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    lines = [orjson.loads(line) for line in exported.stdout.splitlines()]
+    assert {e["event"] for e in lines} >= {"requested", "decided"}
+    assert all(e["session"] == approval["id"] for e in lines if e["event"] == "requested")
+    assert f"exported {len(lines)} audit entries" in exported.stderr.decode()
