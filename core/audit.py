@@ -1,10 +1,10 @@
 """The audit log: every approval event, appended to one Redis Stream with bounded retention.
 
 An entry is flat: `event`, `session`, `tool`, `call`, `actor`, `tenant` (empty when they
-do not apply) and `detail` (JSON). Events: `requested`, `denied`, `granted_run` (a call
-covered by a grant ran without asking), `decided`, `granted`, `refused` (a decision the
-gateway turned down, with why), `expired`, `executed`. The stream id orders entries and
-gives their time.
+do not apply) and `detail` (JSON). Events: `requested`, `auto_approved`, `denied`,
+`granted_run` (a call covered by a grant ran without asking), `decided`, `granted`,
+`refused` (a decision the gateway turned down, with why), `expired`, `executed`. The
+stream id orders entries and gives their time.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ class Decision(BaseModel):
     decision: DecisionKind
     reason: str = ""
     actor: str = "anonymous"
-    """Who decided: `policy`, `deadline`, `grant:<approver>`, or the approver."""
+    """Who decided: `policy`, `deadline`, `grant` (a standing grant), or the approver."""
     decided_at: float = 0.0
     arguments: dict[str, Any] | None = None
     """`edit`: the arguments the call runs with instead of the model's."""

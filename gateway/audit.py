@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -37,10 +38,13 @@ async def list_audit(request: Request) -> JSONResponse:
     limit = _int(params.get("limit", "100"), "limit", 1, 1000)
     since = _time_ms(params.get("since"), "since")
     until = _time_ms(params.get("until"), "until")
+    after = params.get("after")
+    if after is not None and not re.fullmatch(r"\d+-\d+", after):
+        raise InvalidRequest("after: must be an audit entry id like '1795611731579-0'")
     wanted = {name: params[name] for name in _FILTERS if params.get(name)}
     if "admin" not in principal.roles:
         wanted["tenant"] = principal.tenant
-    entries, last = await _scan(engine.audit, since, until, params.get("after"), wanted, limit)
+    entries, last = await _scan(engine.audit, since, until, after, wanted, limit)
     return JSONResponse({"object": "list", "data": entries, "last_id": last})
 
 

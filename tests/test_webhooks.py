@@ -26,6 +26,8 @@ from starlette.types import ASGIApp
 from core.settings import WebhookTarget
 from examples.webhook_receiver import create_app, verify_request
 from gateway.webhooks import USER_AGENT, WebhookSender, sign, verify
+from tests.clients import HeldStream, decide
+from tests.conftest import StackFactory
 from tests.processes import free_port
 
 SECRET = b"whsec-test"
@@ -413,3 +415,28 @@ async def test_example_receiver_handles_each_event_once(make_sender: SenderFacto
     assert [event["id"] for event in handled] == [event_id]
     assert repeat.status_code == 204  # acknowledged, not handled twice
     assert forged.status_code == 401
+
+
+def test_the_gateway_sends_requested_and_decided_events(
+    receiver: Receiver, make_stack: StackFactory
+) -> None:
+    """End to end: a gateway process signs and posts both events to a real receiver."""
+    targets = [{"url": f"{receiver.url}/hook", "secret": SECRET.decode()}]
+    replica = make_stack(webhooks=json.dumps(targets)).replicas[0]
+    held = HeldStream(replica.url, "use getStringLength on 'hooked'")
+    approval = held.wait_pending()
+    assert decide(replica.url, approval["id"], "reject", "not now").status_code == 200
+    held.wait()
+    deadline = time.monotonic() + 10
+    while len(receiver.at("/hook")) < 2:
+        assert time.monotonic() < deadline, "the events did not arrive"
+        time.sleep(0.05)
+    requested, decided = (r.event for r in receiver.at("/hook"))
+    assert all(r.signed for r in receiver.at("/hook"))
+    assert requested["type"] == "approval.requested"
+    assert requested["data"]["id"] == approval["id"] and requested["data"]["status"] == "pending"
+    assert decided["type"] == "approval.decided"
+    assert decided["data"]["session"]["status"] == "rejected"
+    assert decided["data"]["tool_call_ids"] == [approval["tool_calls"][0]["id"]]
+    assert decided["data"]["complete"] is True
+    assert requested["id"] != decided["id"]
