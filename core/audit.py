@@ -9,7 +9,7 @@ stream id orders entries and gives their time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from core.keys import Keys
+from core.records import ApprovalSession, ToolCall
 
 FIELDS = ("event", "session", "tool", "call", "actor", "tenant")
 
@@ -33,6 +34,13 @@ class AuditEntry:
     actor: str = ""
     tenant: str = ""
     detail: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_call(
+        cls, event: str, session: ApprovalSession, call: ToolCall, actor: str, **detail: Any
+    ) -> AuditEntry:
+        """An event about one call of a session."""
+        return cls(event, session.id, call.name, call.id, actor, session.tenant, detail)
 
     def fields(self) -> dict[str, str]:
         flat = {name: getattr(self, name) for name in FIELDS}
@@ -61,21 +69,27 @@ class AuditLog:
             self.add_to(pipe, batch)
             await pipe.execute()
 
-    async def read(
+    async def entries(
         self,
         *,
         since_ms: int | None = None,
         until_ms: int | None = None,
         after: str | None = None,
-        count: int = 1000,
-    ) -> list[dict[str, Any]]:
-        """Entries in time order, from `since_ms` (or after the id `after`) to `until_ms`."""
+        batch: int = 1000,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Entries in time order, from `since_ms` (or after the id `after`) to `until_ms`,
+        read in batches of `batch`."""
         low = f"({after}" if after else (str(since_ms) if since_ms is not None else "-")
         high = str(until_ms) if until_ms is not None else "+"
-        rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
-            self.key, low, high, count=count
-        )
-        return [as_json(entry_id, values) for entry_id, values in rows]
+        while True:
+            rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
+                self.key, low, high, count=batch
+            )
+            for entry_id, values in rows:
+                yield as_json(entry_id, values)
+            if len(rows) < batch:
+                return
+            low = f"({rows[-1][0]}"
 
 
 def as_json(entry_id: str, values: Mapping[str, str]) -> dict[str, Any]:

@@ -144,11 +144,6 @@ class Decision(BaseModel):
     result: str | None = None
     """`respond`: the result a person supplied instead of running the tool."""
 
-    def same_as(self, other: Decision) -> bool:
-        """Whether `other` repeats this decision (the time and the approver aside)."""
-        fields = ("decision", "reason", "arguments_sha256", "result")
-        return all(getattr(self, f) == getattr(other, f) for f in fields)
-
 
 class ToolResult(BaseModel):
     """The outcome of running one call, as the worker stored it."""

@@ -50,13 +50,17 @@ class RunLog:
         )
         return Lease(log_id, owner, int(token)) if token else None
 
-    async def renew(self, lease: Lease, lease_ms: int) -> bool:
-        """Extend a lease; False when it lapsed and is not ours any more."""
-        token = await self._acquire(
-            keys=[self.keys.lease(lease.log_id), self.keys.fence(lease.log_id)],
-            args=[lease.owner, lease_ms, lease.token, self.retention_s],
-        )
-        return bool(token)
+    async def renew_all(self, leases: Sequence[Lease], lease_ms: int) -> list[bool]:
+        """Extend leases in one round trip; False for each that lapsed and is not ours any more."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                await self._acquire(
+                    keys=[self.keys.lease(lease.log_id), self.keys.fence(lease.log_id)],
+                    args=[lease.owner, lease_ms, lease.token, self.retention_s],
+                    client=pipe,
+                )
+            tokens = await pipe.execute()
+        return [bool(token) for token in tokens]
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.log_id)], args=[lease.owner, lease.token])

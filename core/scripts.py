@@ -61,53 +61,6 @@ local function is_overdue(key, now)
 end
 """
 
-# Decide every pending call of a session the same way.
-# KEYS[1] session hash
-# ARGV[1] 'approve' | 'reject'; ARGV[2] reason; ARGV[3] actor; ARGV[4] wake-up channel
-# Returns {'ok', HGETALL} when applied, {'repeat', HGETALL} when the same decision
-# (same kind, same reason) was already applied, {'conflict', status}, {'expired'} or
-# {'not_found'}.
-DECIDE_ALL = (
-    _HELPERS
-    + """
-local key = KEYS[1]
-local status = redis.call('HGET', key, 'status')
-if not status then return {'not_found'} end
-local now = now_s()
-if status == 'pending' and is_overdue(key, now) then
-  expire_pending(key, now, ARGV[4])
-  return {'expired', 'now'}
-end
-if redis.call('HGET', key, 'decided_as') == 'expired' then return {'expired'} end
-local hashes = call_hashes(key)
-if status == 'pending' then
-  local call_status = (ARGV[1] == 'approve') and 'approved' or 'rejected'
-  for _, id in ipairs(hashes.ids) do
-    if redis.call('HGET', key, 'status:' .. id) == 'pending' then
-      local sha = (ARGV[1] == 'approve') and hashes[id] or ''
-      local decision = cjson.encode({decision = ARGV[1], reason = ARGV[2], actor = ARGV[3],
-                                     decided_at = now, arguments_sha256 = sha})
-      redis.call('HSET', key, 'status:' .. id, call_status, 'decision:' .. id, decision,
-                 'fp:' .. id, fingerprint(ARGV[1], ARGV[2], sha, ''))
-    end
-  end
-  settle_if_decided(key, hashes.ids, now, ARGV[4])
-  return {'ok', redis.call('HGETALL', key)}
-end
-local by_person = 0
-for _, id in ipairs(hashes.ids) do
-  local fp = redis.call('HGET', key, 'fp:' .. id)
-  if fp then
-    local sha = (ARGV[1] == 'approve') and hashes[id] or ''
-    if fp ~= fingerprint(ARGV[1], ARGV[2], sha, '') then return {'conflict', status} end
-    by_person = by_person + 1
-  end
-end
-if by_person == 0 then return {'conflict', status} end
-return {'repeat', redis.call('HGETALL', key)}
-"""
-)
-
 # Decide some calls of a session, each its own way (approve, reject, edit, respond).
 # Every item is checked before any is applied: one bad item changes nothing.
 # KEYS[1] session hash

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,7 +28,9 @@ from core.records import (
     DecisionKind,
     SessionRecord,
     SessionStatus,
+    ToolCallView,
     ToolResult,
+    arguments_sha256,
     new_session_fields,
     sources_of,
 )
@@ -49,7 +51,6 @@ class SessionStore:
         self.keys = keys
         self.retention_s = retention_s
         self.audit = audit
-        self._decide_all = redis.register_script(scripts.DECIDE_ALL)
         self._decide_calls = redis.register_script(scripts.DECIDE_CALLS)
         self._expire = redis.register_script(scripts.EXPIRE_IF_OVERDUE)
         self._begin_run = redis.register_script(scripts.BEGIN_RUN)
@@ -57,8 +58,14 @@ class SessionStore:
         self._start_call = redis.register_script(scripts.START_CALL)
         self._finish_call = redis.register_script(scripts.FINISH_CALL)
 
-    async def create(self, record: SessionRecord, initial: Mapping[str, Decision]) -> None:
-        """Store a new session; a pending one also enters the deadline index."""
+    async def create(
+        self,
+        record: SessionRecord,
+        initial: Mapping[str, Decision],
+        audit: Iterable[AuditEntry] = (),
+    ) -> None:
+        """Store a new session, with its `audit` entries in the same round trip; a pending
+        one also enters the deadline index."""
         session = record.view
         key = self.keys.session(session.id)
         ttl = int(max(session.expires_at - time.time(), 0)) + self.retention_s
@@ -67,6 +74,8 @@ class SessionStore:
             pipe.expire(key, ttl)
             if session.status is SessionStatus.PENDING:
                 pipe.zadd(self.keys.deadlines, {session.id: session.expires_at})
+            if self.audit is not None:
+                self.audit.add_to(pipe, audit)
             await pipe.execute()
 
     async def get(self, session_id: str) -> SessionRecord:
@@ -91,26 +100,34 @@ class SessionStore:
         return int(await self.redis.zcard(self.keys.deadlines))
 
     async def decide_all(
-        self, session_id: str, decision: DecisionKind, reason: str, actor: str
+        self,
+        session_id: str,
+        decision: Literal["approve", "reject"],
+        reason: str,
+        actor: str,
+        record: SessionRecord | None = None,
     ) -> tuple[bool, SessionRecord]:
-        """Decide every pending call; returns (applied now, session). Repeats are not errors."""
-        outcome, *rest = await self._decide_all(
-            keys=[self.keys.session(session_id)],
-            args=[decision, reason, actor, self.keys.wakeup_channel(session_id)],
-        )
-        if outcome == "not_found":
-            raise SessionNotFound(f"no approval session {session_id!r}")
-        if outcome == "expired":
-            await self._expired(session_id, now=bool(rest))
-            raise SessionExpired(f"approval session {session_id!r} expired before the decision")
-        if outcome == "conflict":
+        """Decide every pending call the same way; returns (applied now, session).
+
+        With nothing pending, the same decision again is a repeat (not an error) when it
+        matches what a person decided; otherwise a conflict. `record`: the session as the
+        caller already read it.
+        """
+        record = record or await self.get(session_id)
+        calls = record.view.tool_calls
+        targets = [c for c in calls if c.status is CallStatus.PENDING] or [
+            c for c in calls if c.decision is not None and c.decision.actor not in _NOT_A_PERSON
+        ]
+        if not targets:
+            if any(c.status is CallStatus.EXPIRED for c in calls):
+                raise SessionExpired(f"approval session {session_id!r} expired before the decision")
             raise DecisionConflict(
-                f"approval session {session_id!r} is {rest[0]}; "
-                f"it was decided differently or has nothing left to {decision}"
+                f"approval session {session_id!r} is {record.status.value}; "
+                f"it has nothing left to {decision}"
             )
-        if outcome == "ok":
-            await self.redis.zrem(self.keys.deadlines, session_id)
-        return outcome == "ok", SessionRecord.from_hash(_pairs(rest[0]))
+        items = [CallDecisionItem.build(call, decision, reason, actor) for call in targets]
+        outcome, after = await self.decide_calls(session_id, items)
+        return outcome != "repeat", after
 
     async def decide_calls(
         self, session_id: str, items: Sequence[CallDecisionItem]
@@ -272,6 +289,17 @@ class RunnableCall:
         return cls(str(call["name"]), arguments, str(approved), tenant)
 
 
+_NOT_A_PERSON = frozenset({"policy", "grant", "deadline"})
+"""Decision actors that are not approvers: what they decided is not repeated or contested."""
+
+_STATUS_OF: Mapping[DecisionKind, CallStatus] = {
+    "approve": CallStatus.APPROVED,
+    "edit": CallStatus.APPROVED,
+    "reject": CallStatus.REJECTED,
+    "respond": CallStatus.RESPONDED,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CallDecisionItem:
     """One call's decision, validated and ready to store."""
@@ -282,6 +310,39 @@ class CallDecisionItem:
     expected_sha256: str = ""
     """The hash the approver saw; "" when the approver sent none."""
     result: ToolResult | None = None
+
+    @classmethod
+    def build(
+        cls,
+        call: ToolCallView,
+        kind: DecisionKind,
+        reason: str,
+        actor: str,
+        *,
+        arguments: dict[str, Any] | None = None,
+        result: str | None = None,
+        expected_sha256: str = "",
+    ) -> CallDecisionItem:
+        """`arguments` for an edit (already checked), `result` for a respond."""
+        if kind == "approve":
+            sha = call.arguments_sha256
+        elif kind == "edit" and arguments is not None:
+            sha = arguments_sha256(arguments)
+        else:
+            sha = ""
+        decision = Decision(
+            decision=kind,
+            reason=reason,
+            actor=actor,
+            decided_at=time.time(),
+            arguments=arguments,
+            arguments_sha256=sha,
+            result=result,
+        )
+        stored = None
+        if kind == "respond" and result is not None:
+            stored = ToolResult(status="succeeded", content=result, worker=f"approver:{actor}")
+        return cls(call.id, decision, _STATUS_OF[kind], expected_sha256, stored)
 
     def as_script_item(self) -> dict[str, str]:
         return {

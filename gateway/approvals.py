@@ -9,7 +9,7 @@ from core.errors import InvalidRequest
 from gateway import decisions
 from gateway.auth import principal_of
 from gateway.conversation import Engine
-from gateway.requests import DecisionRequest, read_json, validate
+from gateway.requests import DecisionRequest, query_int, read_json, validate
 
 
 async def list_approvals(request: Request) -> JSONResponse:
@@ -20,10 +20,8 @@ async def list_approvals(request: Request) -> JSONResponse:
     status = request.query_params.get("status", "pending")
     if status != "pending":
         raise InvalidRequest("status: only 'pending' can be listed")
-    limit = request.query_params.get("limit", "100")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise InvalidRequest("limit: must be an integer from 1 to 1000")
-    sessions = decisions.visible(principal, await engine.store.list_pending(int(limit)))
+    limit = query_int(request.query_params, "limit", 100, 1, 1000)
+    sessions = [s for s in await engine.store.list_pending(limit) if principal.sees(s)]
     return JSONResponse({"object": "list", "data": [s.model_dump(mode="json") for s in sessions]})
 
 

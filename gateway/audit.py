@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import re
 import sys
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -25,8 +24,8 @@ from core.keys import Keys
 from core.settings import Settings
 from gateway.auth import principal_of
 from gateway.conversation import Engine
+from gateway.requests import query_int
 
-_SCAN_BATCH = 1000
 _FILTERS = ("session", "tool", "actor", "event")
 
 
@@ -35,54 +34,26 @@ async def list_audit(request: Request) -> JSONResponse:
     principal.require("approver")
     engine: Engine = request.app.state.engine
     params = request.query_params
-    limit = _int(params.get("limit", "100"), "limit", 1, 1000)
-    since = _time_ms(params.get("since"), "since")
-    until = _time_ms(params.get("until"), "until")
+    limit = query_int(params, "limit", 100, 1, 1000)
     after = params.get("after")
     if after is not None and not re.fullmatch(r"\d+-\d+", after):
         raise InvalidRequest("after: must be an audit entry id like '1795611731579-0'")
     wanted = {name: params[name] for name in _FILTERS if params.get(name)}
     if "admin" not in principal.roles:
         wanted["tenant"] = principal.tenant
-    entries, last = await _scan(engine.audit, since, until, after, wanted, limit)
-    return JSONResponse({"object": "list", "data": entries, "last_id": last})
-
-
-async def _scan(
-    audit: AuditLog,
-    since_ms: int | None,
-    until_ms: int | None,
-    after: str | None,
-    wanted: Mapping[str, str],
-    limit: int,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Matching entries in order, reading the stream in batches until `limit` match."""
-    matches = _matcher(wanted)
     found: list[dict[str, Any]] = []
-    cursor = after
-    while len(found) < limit:
-        batch = await audit.read(
-            since_ms=None if cursor else since_ms,
-            until_ms=until_ms,
-            after=cursor,
-            count=_SCAN_BATCH,
-        )
-        found.extend(entry for entry in batch if matches(entry))
-        if len(batch) < _SCAN_BATCH:
-            break
-        cursor = batch[-1]["id"]
-    found = found[:limit]
-    return found, (found[-1]["id"] if found else None)
-
-
-def _matcher(wanted: Mapping[str, str]) -> Callable[[dict[str, Any]], bool]:
-    return lambda entry: all(entry.get(name) == value for name, value in wanted.items())
-
-
-def _int(raw: str, name: str, low: int, high: int) -> int:
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise InvalidRequest(f"{name}: must be an integer from {low} to {high}")
-    return int(raw)
+    entries = engine.audit.entries(
+        since_ms=_time_ms(params.get("since"), "since"),
+        until_ms=_time_ms(params.get("until"), "until"),
+        after=after,
+    )
+    async for entry in entries:
+        if all(entry.get(name) == value for name, value in wanted.items()):
+            found.append(entry)
+            if len(found) == limit:
+                break
+    last = found[-1]["id"] if found else None
+    return JSONResponse({"object": "list", "data": found, "last_id": last})
 
 
 def _time_ms(raw: str | None, name: str) -> int | None:
@@ -99,21 +70,15 @@ async def export(settings: Settings, since: float | None, until: float | None) -
     redis = connect(settings, "gateway-audit")
     audit = AuditLog(redis, Keys(settings.key_prefix), settings.audit_maxlen)
     written = 0
-    cursor: str | None = None
     try:
-        while True:
-            batch = await audit.read(
-                since_ms=None if cursor else (int(since * 1000) if since else None),
-                until_ms=int(until * 1000) if until else None,
-                after=cursor,
-                count=_SCAN_BATCH,
-            )
-            for entry in batch:
-                sys.stdout.buffer.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
-            written += len(batch)
-            if len(batch) < _SCAN_BATCH:
-                return written
-            cursor = batch[-1]["id"]
+        entries = audit.entries(
+            since_ms=None if since is None else int(since * 1000),
+            until_ms=None if until is None else int(until * 1000),
+        )
+        async for entry in entries:
+            sys.stdout.buffer.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
+            written += 1
+        return written
     finally:
         sys.stdout.flush()
         await redis.aclose()

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,16 +50,9 @@ from gateway.events import (
     ToolEvent,
 )
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
+from gateway.webhooks import WebhookSender
 
 HEARTBEAT = Heartbeat()
-
-
-class WebhookSink(Protocol):
-    """Where approval events go out to subscribers (never blocks, never raises)."""
-
-    def emit(self, event_type: str, data: dict[str, Any]) -> str | None: ...
-
-
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +68,7 @@ class Engine:
     upstream: Upstream
     runner_id: str
     audit: AuditLog
-    webhooks: WebhookSink | None = None
+    webhooks: WebhookSender | None = None
 
     def check_redis(self) -> None:
         """Fail fast (503) while the wake-up connection says Redis is down."""
@@ -235,8 +228,7 @@ async def _open_session(
     if ctx.logged and not ctx.log_id and status is SessionStatus.PENDING:
         ctx.log_id = session.id  # the first approval notice opens the run log
     record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
-    await engine.store.create(record, initial)
-    await engine.audit.append(_opened_entries(session))
+    await engine.store.create(record, initial, _opened_entries(session))
     if status is SessionStatus.PENDING and engine.webhooks is not None:
         engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
     return record
@@ -270,28 +262,26 @@ async def _granted(
 
 
 def _opened_entries(session: ApprovalSession) -> list[AuditEntry]:
-    event_of = {CallStatus.PENDING: "requested", CallStatus.DENIED: "denied"}
     entries = []
     for call in session.tool_calls:
         decision = call.decision
-        if call.status is CallStatus.APPROVED and decision is not None:
-            event = "granted_run" if decision.actor == "grant" else "auto_approved"
+        if decision is None:
+            event = "requested"
+        elif call.status is CallStatus.DENIED:
+            event = "denied"
         else:
-            event = event_of.get(call.status, call.status.value)
+            event = "granted_run" if decision.actor == "grant" else "auto_approved"
+        detail = {"reason": decision.reason} if decision and decision.reason else {}
         entries.append(
-            AuditEntry(
+            AuditEntry.of_call(
                 event,
-                session=session.id,
-                tool=call.name,
-                call=call.id,
-                actor=decision.actor if decision else session.requester,
-                tenant=session.tenant,
-                detail={
-                    "arguments_sha256": call.arguments_sha256,
-                    "policy": call.policy.value,
-                    "requester": session.requester,
-                    **({"reason": decision.reason} if decision and decision.reason else {}),
-                },
+                session,
+                call,
+                decision.actor if decision else session.requester,
+                arguments_sha256=call.arguments_sha256,
+                policy=call.policy.value,
+                requester=session.requester,
+                **detail,
             )
         )
     return entries

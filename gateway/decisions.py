@@ -10,8 +10,7 @@ changes nothing.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -29,25 +28,15 @@ from core.errors import (
 )
 from core.records import (
     CallStatus,
-    Decision,
     SessionRecord,
     SessionStatus,
     ToolCallView,
-    ToolResult,
-    arguments_sha256,
 )
 from core.settings import PolicyMode
 from core.store import CallDecisionItem
 from gateway.auth import Principal
 from gateway.conversation import Engine
 from gateway.requests import CallDecision, DecisionRequest
-
-_STATUS_OF = {
-    "approve": CallStatus.APPROVED,
-    "edit": CallStatus.APPROVED,
-    "reject": CallStatus.REJECTED,
-    "respond": CallStatus.RESPONDED,
-}
 
 
 async def decide(
@@ -68,7 +57,7 @@ async def decide(
             pending = [c.id for c in record.view.tool_calls if c.status is CallStatus.PENDING]
             _authorize(engine, principal, record, pending)
             applied, after = await engine.store.decide_all(
-                session_id, body.decision, body.reason, actor=principal.name
+                session_id, body.decision, body.reason, principal.name, record
             )
     except GatewayError as error:
         await _audit_refusal(engine, principal, record, error)
@@ -106,37 +95,20 @@ def _prepare(
         raise InvalidRequest(
             "a grant is scoped to a conversation: the chat request must send X-Conversation-Id"
         )
-    now = time.time()
-    arguments: dict[str, Any] | None = None
-    sha = ""
-    result: ToolResult | None = None
-    content: str | None = None
-    match item.decision:
-        case "approve":
-            sha = call.arguments_sha256
-        case "edit":
-            arguments = _checked_edit(engine, call, item.arguments or {})
-            sha = arguments_sha256(arguments)
-        case "respond":
-            content = item.result if isinstance(item.result, str) else _json(item.result)
-            result = ToolResult(
-                status="succeeded", content=content, worker=f"approver:{principal.name}"
-            )
-    decision = Decision(
-        decision=item.decision,
-        reason=item.reason,
-        actor=principal.name,
-        decided_at=now,
-        arguments=arguments,
-        arguments_sha256=sha,
-        result=content,
+    arguments = (
+        _checked_edit(engine, call, item.arguments or {}) if item.decision == "edit" else None
     )
-    return CallDecisionItem(
-        call_id=call.id,
-        decision=decision,
-        status=_STATUS_OF[item.decision],
-        expected_sha256=item.arguments_sha256 or "",
+    result = None
+    if item.decision == "respond":
+        result = item.result if isinstance(item.result, str) else orjson.dumps(item.result).decode()
+    return CallDecisionItem.build(
+        call,
+        item.decision,
+        item.reason,
+        principal.name,
+        arguments=arguments,
         result=result,
+        expected_sha256=item.arguments_sha256 or "",
     )
 
 
@@ -166,10 +138,6 @@ def _checked_edit(engine: Engine, call: ToolCallView, arguments: dict[str, Any])
     return arguments
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 async def _record(
     engine: Engine,
     principal: Principal,
@@ -188,41 +156,34 @@ async def _record(
         and c.status is not CallStatus.PENDING
     ]
     session = after.view
-    entries = [
-        AuditEntry(
-            "decided",
-            session=session.id,
-            tool=call.name,
-            call=call.id,
-            actor=principal.name,
-            tenant=session.tenant,
-            detail=_decision_detail(call),
-        )
-        for call in decided
-    ]
     grants = {c.tool_call_id: c.grant for c in body.calls or () if c.grant is not None}
     keys = engine.store.keys
+    entries = []
     async with engine.store.redis.pipeline(transaction=False) as pipe:
         for call in decided:
+            entries.append(
+                AuditEntry.of_call(
+                    "decided", session, call, principal.name, **_decision_detail(call)
+                )
+            )
             grant = grants.get(call.id)
             if grant is None or call.decision is None:
                 continue
             sha = call.decision.arguments_sha256 if grant.same_arguments else "*"
-            key = keys.grant(session.tenant, session.conversation, call.name, sha)
-            pipe.set(key, principal.name, ex=grant.ttl_s)
+            pipe.set(
+                keys.grant(session.tenant, session.conversation, call.name, sha),
+                principal.name,
+                ex=grant.ttl_s,
+            )
             entries.append(
-                AuditEntry(
+                AuditEntry.of_call(
                     "granted",
-                    session=session.id,
-                    tool=call.name,
-                    call=call.id,
-                    actor=principal.name,
-                    tenant=session.tenant,
-                    detail={
-                        "conversation": session.conversation,
-                        "arguments_sha256": sha,
-                        "ttl_s": grant.ttl_s,
-                    },
+                    session,
+                    call,
+                    principal.name,
+                    conversation=session.conversation,
+                    arguments_sha256=sha,
+                    ttl_s=grant.ttl_s,
                 )
             )
         engine.audit.add_to(pipe, entries)
@@ -263,8 +224,3 @@ async def _audit_refusal(
         detail={"code": error.code, "message": error.message},
     )
     await engine.audit.append([entry])
-
-
-def visible(principal: Principal, sessions: Sequence[Any]) -> list[Any]:
-    """The sessions of `principal`'s tenant (every tenant's for an admin)."""
-    return [s for s in sessions if principal.sees(s)]

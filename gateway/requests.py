@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -34,6 +35,14 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"request body is not valid JSON: {error}") from error
+
+
+def query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]; `InvalidRequest` naming it otherwise."""
+    raw = params.get(name, str(default))
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidRequest(f"{name}: must be an integer from {low} to {high}")
+    return int(raw)
 
 
 def validate(model: type[_M], data: Any) -> _M:

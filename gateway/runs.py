@@ -59,10 +59,16 @@ class Run:
         self.listeners: set[asyncio.Queue[Item]] = set()
         self._unflushed: list[tuple[int, bytes]] = []
         self._meta_fields: dict[str, str] = {**meta.as_fields(), "session": self.log_id}
+        self._dirty = asyncio.Event()
+        """Set while events wait to be logged: an idle run's flusher sleeps without a timer."""
         self._urgent = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.ended = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def start(self, source: AsyncIterator[Event], first: LoggedEvent | None) -> None:
         if first is not None:
@@ -70,7 +76,6 @@ class Run:
         self._tasks = [
             asyncio.create_task(self._drive(source), name=f"run-{self.log_id}"),
             asyncio.create_task(self._flush_forever(), name=f"run-flush-{self.log_id}"),
-            asyncio.create_task(self._renew_forever(), name=f"run-lease-{self.log_id}"),
         ]
 
     async def listen(self, after: int) -> AsyncIterator[Item]:
@@ -105,6 +110,7 @@ class Run:
         for task in (drive, *helpers) if hand_over else helpers:
             task.cancel()
         self._stopping = True
+        self._dirty.set()
         self._urgent.set()
         _, stuck = await asyncio.wait(self._tasks, timeout=self.registry.stop_timeout_s)
         for task in stuck:  # a cancellation lost inside a library; the loops' flag still ends them
@@ -142,15 +148,18 @@ class Run:
         self._unflushed.append((self.seq, to_json(event)))
         for queue in self.listeners:
             queue.put_nowait((self.seq, event))
+        self._dirty.set()
         if isinstance(event, _URGENT) or len(self._unflushed) >= 64:
             self._urgent.set()
 
     async def _flush_forever(self) -> None:
         window = self.registry.flush_window_s
         while not self._stopping:
+            await self._dirty.wait()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(window):
                     await self._urgent.wait()
+            self._dirty.clear()
             self._urgent.clear()
             try:
                 await self._flush()
@@ -173,20 +182,6 @@ class Run:
             log.warning("run %s: lease lost; another replica continues it", self.log_id)
             asyncio.get_running_loop().create_task(self.stop(hand_over=True))
 
-    async def _renew_forever(self) -> None:
-        lease_ms = self.registry.lease_ms
-        while not self._stopping:
-            await asyncio.sleep(lease_ms / 3000)
-            if self._stopping:
-                return
-            try:
-                if not await self.registry.runlog.renew(self.lease, lease_ms):
-                    log.warning("run %s: lease lapsed", self.log_id)
-                    asyncio.get_running_loop().create_task(self.stop(hand_over=True))
-                    return
-            except (RedisError, OSError) as error:
-                log.warning("run %s: lease renewal failed: %s", self.log_id, error)
-
 
 class RunRegistry:
     """The runs this replica drives, and starting, taking over and draining them."""
@@ -199,6 +194,29 @@ class RunRegistry:
         self.flush_window_s = engine.settings.log_flush_ms / 1000
         self.stop_timeout_s = engine.settings.shutdown_grace_s / 2
         self.draining = False
+        self._renewer: asyncio.Task[None] | None = None
+
+    def _track(self, run: Run) -> None:
+        self.runs[run.log_id] = run
+        if self._renewer is None:
+            self._renewer = asyncio.create_task(self._renew_forever(), name="run-leases")
+
+    async def _renew_forever(self) -> None:
+        """Renew every local run's lease in one round trip, three times per lease."""
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            runs = [run for run in self.runs.values() if not run.stopping]
+            if not runs:
+                continue
+            try:
+                held = await self.runlog.renew_all([run.lease for run in runs], self.lease_ms)
+            except (RedisError, OSError) as error:
+                log.warning("lease renewal of %d runs failed: %s", len(runs), error)
+                continue
+            for run, still_ours in zip(runs, held, strict=True):
+                if not still_ours and not run.stopping:
+                    log.warning("run %s: lease lapsed", run.log_id)
+                    asyncio.get_running_loop().create_task(run.stop(hand_over=True))
 
     async def start(
         self, notice: ApprovalNotice, source: AsyncIterator[Event], seq: int, meta: ChunkMeta
@@ -208,7 +226,7 @@ class RunRegistry:
         if lease is None:  # a fresh id nobody else knows: only a bug gets here
             raise RuntimeError(f"run {notice.session.id} is leased already")
         run = Run(self, lease, seq, meta)
-        self.runs[run.log_id] = run
+        self._track(run)
         run.start(source, notice)
         return run
 
@@ -225,7 +243,7 @@ class RunRegistry:
             fields = {**fields, "session": log_id}
         meta = ChunkMeta.of_fields(fields) if "completion_id" in fields else None
         run = Run(self, lease, int(fields.get("seq", "0")), meta or ChunkMeta.new("", False))
-        self.runs[log_id] = run
+        self._track(run)
         source = resume(self.engine, fields["session"], hold=True, token=lease.token)
         log.info("run %s taken over with token %d", log_id, lease.token)
         run.start(source, Resumed(self.engine.runner_id))
@@ -237,4 +255,6 @@ class RunRegistry:
         self.engine.hub.wake_all()  # followers of remote runs notice the drain at once
         started = time.monotonic()
         await asyncio.gather(*(run.stop(hand_over=True) for run in list(self.runs.values())))
+        if self._renewer is not None:
+            self._renewer.cancel()
         log.info("drained in %.3f s", time.monotonic() - started)

@@ -83,7 +83,7 @@ class Worker:
 
     async def handle(self, job: Job, *, reclaimed: bool = False) -> None:
         """Run a job's call if it may run; store the outcome, then acknowledge."""
-        idempotent = job.tool in self.toolbox and self.toolbox.idempotent(job.tool)
+        idempotent = self.toolbox.idempotent(job.tool)
         outcome, call = await self.store.start_call(
             job.session_id,
             job.tool_call_id,
@@ -95,39 +95,28 @@ class Worker:
         )
         if outcome == "exhausted":
             await self.jobs.dead_letter(job, f"{self.settings.max_attempts} attempts")
+        detail: dict[str, object] = {"outcome": outcome, "attempt": "reclaimed"}
         if call is not None:
             result = await self._execute(call)
             await self.store.finish_call(job.session_id, job.tool_call_id, result)
+            detail = {
+                "outcome": result.status,
+                "duration_ms": result.duration_ms,
+                "arguments_sha256": call.approved_sha256,
+                "attempt": "reclaimed" if reclaimed else "first",
+            }
+        if call is not None or outcome in ("unknown", "exhausted"):
             executed = AuditEntry(
                 "executed",
                 session=job.session_id,
-                tool=call.name,
+                tool=job.tool,
                 call=job.tool_call_id,
                 actor=f"worker:{self.name}",
-                tenant=call.tenant,
-                detail={
-                    "outcome": result.status,
-                    "duration_ms": result.duration_ms,
-                    "arguments_sha256": call.approved_sha256,
-                    "attempt": "reclaimed" if reclaimed else "first",
-                },
+                tenant=call.tenant if call is not None else "",
+                detail=detail,
             )
-            with contextlib.suppress(RedisError):  # the result is stored; audit is best effort
+            with contextlib.suppress(RedisError):  # the outcome is stored; audit is best effort
                 await self.audit.append([executed])
-        elif outcome in ("unknown", "exhausted"):
-            with contextlib.suppress(RedisError):
-                await self.audit.append(
-                    [
-                        AuditEntry(
-                            "executed",
-                            session=job.session_id,
-                            tool=job.tool,
-                            call=job.tool_call_id,
-                            actor=f"worker:{self.name}",
-                            detail={"outcome": outcome, "attempt": "reclaimed"},
-                        )
-                    ]
-                )
         await self.jobs.ack(job)
 
     async def _execute(self, call: RunnableCall) -> ToolResult:
