@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -91,6 +92,8 @@ class Settings(BaseSettings):
     upstream_api_key: SecretStr = SecretStr("offline")
     upstream_model: str = "offline-model"
     upstream_timeout_s: float = Field(default=120.0, gt=0)
+    upstream_adapter: Literal["wire", "langchain"] = "wire"
+    """`wire`: httpx + orjson on the OpenAI wire format; `langchain`: langchain-openai."""
 
     # Tools and policy
     tools: str = "examples.tools:TOOLS"

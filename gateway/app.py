@@ -34,7 +34,7 @@ from gateway.conversation import Engine
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
-from gateway.upstream import LangChainUpstream
+from gateway.upstream import make_upstream
 from gateway.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,14 @@ def create_app(settings: Settings) -> Starlette:
         await hub.start()
         webhooks = WebhookSender(settings.webhooks, settings.webhook_max_attempts)
         await webhooks.start()
+        upstream = make_upstream(settings)
         app.state.engine = Engine(
             settings=settings,
             store=store,
             jobs=JobQueue(redis, keys),
             hub=hub,
             toolbox=toolbox,
-            upstream=LangChainUpstream(settings),
+            upstream=upstream,
             runner_id=runner_id,
             audit=audit_log,
             webhooks=webhooks if settings.webhooks else None,
@@ -89,6 +90,7 @@ def create_app(settings: Settings) -> Starlette:
                 await sweeper
             await webhooks.stop(grace_s=settings.shutdown_grace_s / 2)
             await hub.stop()
+            await upstream.aclose()
             await redis.aclose()
 
     routes = [

@@ -24,13 +24,13 @@ from gateway.conversation import ChatContext, Engine, converse
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
-    ContentDelta,
     Ended,
     Event,
     Finished,
     Heartbeat,
     SessionOpened,
     StreamFailed,
+    TextPieces,
 )
 from gateway.requests import ChatCompletionRequest, read_json, validate
 from gateway.runs import Item, RunRegistry
@@ -85,6 +85,10 @@ async def _stream(
     yield chunks.role(seq)
     try:
         async for event in events:
+            if isinstance(event, TextPieces):  # the hot path: the tokens of one upstream read
+                yield chunks.contents(seq, event.pieces)
+                seq += len(event.pieces)
+                continue
             if isinstance(event, ApprovalNotice) and event.session.status is SessionStatus.PENDING:
                 # From here on the request is a run; it goes on if this client goes away.
                 run = await runs.start(event, events, seq, meta)
@@ -123,8 +127,8 @@ async def _complete(
     finished = Finished("stop", 0, 0)
     async for event in events:
         match event:
-            case ContentDelta(piece):
-                text.append(piece)
+            case TextPieces(pieces):
+                text += pieces
             case ClientToolCalls(calls):
                 message["tool_calls"] = calls
             case ApprovalNotice(session):

@@ -42,11 +42,11 @@ from core.wakeups import Waiter, WakeupHub
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
-    ContentDelta,
     Event,
     Finished,
     Heartbeat,
     SessionOpened,
+    TextPieces,
     ToolEvent,
 )
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
@@ -131,12 +131,12 @@ async def converse(
         tools = [*engine.toolbox.schemas, *ctx.client_tools] if offer_tools else []
         turn = TurnEnd()
         text: list[str] = []
-        async for piece in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
-            if isinstance(piece, TurnEnd):
-                turn = piece
+        async for pieces in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
+            if isinstance(pieces, TurnEnd):
+                turn = pieces
             else:
-                text.append(piece)
-                yield ContentDelta(piece)
+                text += pieces
+                yield TextPieces(pieces)
         usage.add(turn)
         client_calls = [c for c in turn.calls if c.name not in engine.toolbox]
         client_names = {t["function"]["name"] for t in ctx.client_tools}

@@ -17,6 +17,18 @@ class ContentDelta:
     text: str
 
 
+@dataclass(slots=True)
+class TextPieces:
+    """Pieces of the answer that arrived from upstream together (one network read).
+
+    Each piece is one `ContentDelta` to clients, with its own sequence number; keeping
+    them together lets a stream write them in one send, and costs nothing when pieces
+    arrive one at a time.
+    """
+
+    pieces: list[str]
+
+
 @dataclass(frozen=True, slots=True)
 class ClientToolCalls:
     """Calls of client-supplied tools, returned to the client as ordinary `tool_calls`."""
@@ -155,7 +167,8 @@ def from_json(raw: str | bytes) -> LoggedEvent:
 
 
 Event = (
-    ContentDelta
+    TextPieces
+    | ContentDelta
     | ClientToolCalls
     | ApprovalNotice
     | ToolEvent

@@ -21,7 +21,7 @@ from core.errors import GatewayError
 from gateway import decisions, sse
 from gateway.auth import principal_of
 from gateway.conversation import ChatContext, Engine, converse, resume
-from gateway.events import ApprovalNotice, ContentDelta, Event, ToolEvent
+from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
 from gateway.requests import (
     DecisionRequest,
     LegacyApproveRequest,
@@ -80,6 +80,9 @@ def error_body(error: GatewayError) -> dict[str, str]:
 async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     try:
         async for event in events:
+            if isinstance(event, TextPieces):
+                yield b"".join(sse.data({"type": "content", "content": p}) for p in event.pieces)
+                continue
             rendered = _render(event)
             if rendered is not None:
                 yield sse.data(rendered)
@@ -92,8 +95,6 @@ async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
 
 def _render(event: Event) -> dict[str, Any] | None:
     match event:
-        case ContentDelta(text):
-            return {"type": "content", "content": text}
         case ApprovalNotice(session) if session.status == "pending":
             pending = [c for c in session.tool_calls if c.status == "pending"]
             return {

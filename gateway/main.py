@@ -50,6 +50,8 @@ def main() -> None:
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_level="warning",
+        loop="uvloop",
+        http="httptools",
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     DrainingServer(config, app).run()

@@ -22,6 +22,7 @@ from gateway.chunks import ChunkMeta
 from gateway.conversation import Engine, resume
 from gateway.events import (
     ApprovalNotice,
+    ContentDelta,
     Ended,
     Event,
     Finished,
@@ -31,6 +32,7 @@ from gateway.events import (
     Resumed,
     SessionOpened,
     StreamFailed,
+    TextPieces,
     ToolEvent,
     to_json,
 )
@@ -127,7 +129,10 @@ class Run:
     async def _drive(self, source: AsyncIterator[Event]) -> None:
         try:
             async for event in source:
-                if isinstance(event, SessionOpened):
+                if isinstance(event, TextPieces):
+                    for piece in event.pieces:
+                        self._publish(ContentDelta(piece))
+                elif isinstance(event, SessionOpened):
                     self._meta_fields["session"] = event.session_id
                 elif isinstance(event, Heartbeat):
                     continue  # each listener sends its own when idle

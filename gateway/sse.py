@@ -9,6 +9,7 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from core.errors import GatewayError, Overloaded, RedisUnavailable
 
@@ -44,13 +45,18 @@ class StreamSlots:
         if self.held >= self.limit:
             raise Overloaded(f"this replica holds {self.held} streams, its limit")
         self.held += 1
-        return StreamingResponse(
-            self._release_after(body), media_type="text/event-stream", headers=SSE_HEADERS
-        )
+        return _SlotResponse(self, body)
 
-    async def _release_after(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+
+class _SlotResponse(StreamingResponse):
+    """Gives its slot back when it is done, however it ends (no wrapper per chunk)."""
+
+    def __init__(self, slots: StreamSlots, body: AsyncIterator[bytes]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            async for part in body:
-                yield part
+            await super().__call__(scope, receive, send)
         finally:
-            self.held -= 1
+            self._slots.held -= 1

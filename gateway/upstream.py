@@ -1,8 +1,15 @@
-"""The upstream model, behind one small interface; langchain-openai is the reference adapter.
+"""The upstream model, behind one small interface, with two adapters.
 
-A turn is streamed as text deltas followed by one `TurnEnd` that carries the
-complete tool calls (arguments reassembled from their deltas), the finish
+A turn is streamed as text pieces (a list per network read) followed by one
+`TurnEnd` that carries the complete tool calls (arguments reassembled from their deltas), the finish
 reason and the usage.
+
+`WireUpstream` (the default) speaks the OpenAI wire format itself: httpx for the
+connection, orjson for each `data:` payload, and no object built per chunk beyond
+the decoded dict, so relaying a token costs a few microseconds. `LangChainUpstream`
+goes through langchain-openai's `ChatOpenAI` (about 0.6 ms per chunk here, see
+BENCHMARKS.md) and is kept for endpoints that need its quirks handled; choose it
+with `GATEWAY_UPSTREAM_ADAPTER=langchain`. Both pass the same contract tests.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
 import openai
 import orjson
 from langchain_core.messages import AIMessageChunk, BaseMessageChunk, convert_to_messages
@@ -49,7 +57,167 @@ class Upstream(Protocol):
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]],
         params: dict[str, Any],
-    ) -> AsyncIterator[str | TurnEnd]: ...
+    ) -> AsyncIterator[list[str] | TurnEnd]:
+        """The turn's text pieces, a list per network read, then one `TurnEnd`."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_upstream(settings: Settings) -> Upstream:
+    """The adapter `GATEWAY_UPSTREAM_ADAPTER` names."""
+    if settings.upstream_adapter == "langchain":
+        return LangChainUpstream(settings)
+    return WireUpstream(settings)
+
+
+class WireUpstream:
+    """Any OpenAI-compatible endpoint, spoken to directly: one pooled httpx client, orjson."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=settings.upstream_base_url.rstrip("/") + "/",
+            headers={
+                "Authorization": f"Bearer {settings.upstream_api_key.get_secret_value()}",
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+            },
+            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            transport=httpx.AsyncHTTPTransport(retries=1),  # retries a failed connect only
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def stream_turn(
+        self,
+        model: str,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> AsyncIterator[list[str] | TurnEnd]:
+        payload: dict[str, Any] = {
+            **params,
+            "model": model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            payload["tools"] = tools
+        turn = _TurnBuilder()
+        try:
+            request = self._client.build_request(
+                "POST", "chat/completions", content=orjson.dumps(payload)
+            )
+            response = await self._client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    body = await response.aread()
+                    raise UpstreamError(
+                        f"upstream model failed: HTTP {response.status_code}: {_error_text(body)}"
+                    )
+                # The hot loop: split events, decode each payload, yield its text at once.
+                buffer = b""
+                async for block in response.aiter_raw():
+                    buffer += block
+                    if b"\r" in buffer:
+                        buffer = buffer.replace(b"\r\n", b"\n")
+                    *events, buffer = buffer.split(b"\n\n")
+                    pieces = []
+                    for event in events:
+                        data = _payload(event)
+                        if data is None or data == b"[DONE]":
+                            continue
+                        text = turn.add(orjson.loads(data))
+                        if text:
+                            pieces.append(text)
+                    if pieces:
+                        yield pieces
+                if buffer.strip():
+                    raise UpstreamError("upstream stream ended in the middle of an event")
+            finally:
+                await response.aclose()
+        except httpx.HTTPError as error:
+            raise UpstreamError(f"upstream model failed: {error!r}") from error
+        except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as error:
+            raise UpstreamError(f"upstream answered something unusable: {error!r}") from error
+        yield turn.end()
+
+
+def _payload(event: bytes) -> bytes | None:
+    """The `data:` payload of one server-sent event (None for a comment or no data); a
+    payload split over several `data:` lines is joined with newlines."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the usual one-line event
+    lines = [line for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[6:] if line[5:6] == b" " else line[5:] for line in lines)
+
+
+def _error_text(body: bytes) -> str:
+    """An upstream error body's message, or the start of the body."""
+    try:
+        message = orjson.loads(body)["error"]["message"]
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        return body[:300].decode(errors="replace")
+    return str(message)
+
+
+class _TurnBuilder:
+    """Accumulates one streamed turn: tool-call deltas by index, finish reason, usage."""
+
+    __slots__ = ("calls", "finish_reason", "usage")
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[str]] = {}
+        """index -> [id, name, argument text so far]"""
+        self.finish_reason = "stop"
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: dict[str, Any]) -> str | None:
+        """Take one chunk; its text, if any."""
+        if "error" in chunk and "choices" not in chunk:
+            raise UpstreamError(f"upstream model failed: {_error_text(orjson.dumps(chunk))}")
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not choices:
+            return None
+        choice = choices[0]
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+        delta = choice.get("delta") or {}
+        for part in delta.get("tool_calls") or ():
+            call = self.calls.setdefault(part.get("index", len(self.calls)), ["", "", ""])
+            function = part.get("function") or {}
+            call[0] = part.get("id") or call[0]
+            call[1] += function.get("name") or ""
+            call[2] += function.get("arguments") or ""
+        content = delta.get("content")
+        return content if isinstance(content, str) else None
+
+    def end(self) -> TurnEnd:
+        usage = self.usage or {}
+        return TurnEnd(
+            calls=[_requested(*self.calls[index]) for index in sorted(self.calls)],
+            finish_reason=self.finish_reason,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+
+
+def _requested(call_id: str, name: str, raw: str) -> RequestedCall:
+    """A complete call; arguments that are not a JSON object make it invalid (None)."""
+    try:
+        arguments = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        return RequestedCall(call_id, name, None, raw)
+    return RequestedCall(call_id, name, arguments, raw)
 
 
 class LangChainUpstream:
@@ -58,6 +226,12 @@ class LangChainUpstream:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._models: dict[str, ChatOpenAI] = {}
+        # Its own connection pool (langchain-openai's default is shared by the process and
+        # bound to the first event loop that used it).
+        self._http = httpx.AsyncClient(timeout=settings.upstream_timeout_s)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     def _chat_model(self, model: str) -> ChatOpenAI:
         # One client per model name, so connections are pooled across requests.
@@ -70,6 +244,7 @@ class LangChainUpstream:
                 max_retries=1,
                 streaming=True,
                 stream_usage=True,
+                http_async_client=self._http,
             )
         return self._models[model]
 
@@ -79,7 +254,7 @@ class LangChainUpstream:
         messages: Sequence[dict[str, Any]],
         tools: Sequence[dict[str, Any]],
         params: dict[str, Any],
-    ) -> AsyncIterator[str | TurnEnd]:
+    ) -> AsyncIterator[list[str] | TurnEnd]:
         runnable: Any = self._chat_model(model)
         if tools:
             runnable = runnable.bind_tools(list(tools))
@@ -87,7 +262,7 @@ class LangChainUpstream:
         try:
             async for chunk in runnable.astream(convert_to_messages(list(messages)), **params):
                 if isinstance(chunk.content, str) and chunk.content:
-                    yield chunk.content
+                    yield [chunk.content]
                 merged = chunk if merged is None else merged + chunk
         except openai.APIError as error:
             raise UpstreamError(f"upstream model failed: {error}") from error

@@ -227,3 +227,18 @@ def test_decision_on_another_replica_resumes_the_held_stream(
     expected = "result" if decision == "approve" else "rejected"
     assert seen.tool_events[-1]["type"] == expected
     assert seen.finish_reason == "stop"
+
+
+@pytest.mark.parametrize("adapter", ["wire", "langchain"])
+def test_either_upstream_adapter_carries_the_whole_approval_loop(
+    make_stack: StackFactory, adapter: str
+) -> None:
+    replica = make_stack(upstream_adapter=adapter).replicas[0]
+
+    def approve(approval: dict[str, Any]) -> None:
+        assert decide(replica.url, approval["id"], "approve").status_code == 200
+
+    seen = consume(stream_chat(replica.url, STRING_LENGTH_AB), on_approval=approve)
+    assert [e["type"] for e in seen.tool_events] == ["executing", "result"]
+    assert seen.text == "getStringLength returned 2."
+    assert seen.finish_reason == "stop"
