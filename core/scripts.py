@@ -63,11 +63,11 @@ end
 
 # Decide some calls of a session, each its own way (approve, reject, edit, respond).
 # Every item is checked before any is applied: one bad item changes nothing.
-# KEYS[1] session hash
+# KEYS[1] session hash; KEYS[2] the deadline index (a decided session leaves it)
 # ARGV[1] JSON list of {id, kind, reason, expected (hash the approver saw, or ''),
 #   sha (hash of what may run, or ''), status (the call's new status), decision (JSON),
 #   result (ToolResult JSON for 'respond', or ''), content (the responded result or '')}
-# ARGV[2] wake-up channel
+# ARGV[2] wake-up channel; ARGV[3] the session id
 # Returns {'ok', 'decided' | 'partial', HGETALL}, {'repeat', HGETALL},
 # {'conflict', id, status}, {'hash_mismatch', id}, {'unknown_call', id}, {'expired'} or
 # {'not_found'}.
@@ -107,6 +107,7 @@ for _, item in ipairs(fresh) do
   if item.result ~= '' then redis.call('HSET', key, 'result:' .. item.id, item.result) end
 end
 local settled = settle_if_decided(key, hashes.ids, now, ARGV[2])
+if settled then redis.call('ZREM', KEYS[2], ARGV[3]) end
 return {'ok', settled and 'decided' or 'partial', redis.call('HGETALL', key)}
 """
 )
@@ -138,7 +139,8 @@ return status
 # KEYS[1] session hash
 # ARGV[1] space-separated statuses allowed to start from; ARGV[2] runner id;
 # ARGV[3] fencing token (0 when the continuation runs without a lease)
-# Returns {'ok', {call ids to queue}}, {'refused', status} or {'not_found'}.
+# Returns {'ok', {call ids to queue}, hash} or {'refused', status, hash} (the session
+# as it is now, saving the caller a read), or {'not_found'}.
 BEGIN_RUN = (
     _HELPERS
     + """
@@ -153,7 +155,7 @@ local again = status == 'running' and redis.call('HGET', key, 'runner') == ARGV[
   and token == held_token
 takeover = takeover or again
 if not takeover and not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
-  return {'refused', status}
+  return {'refused', status, redis.call('HGETALL', key)}
 end
 local queued = {}
 for _, id in ipairs(call_ids(key)) do
@@ -164,7 +166,7 @@ for _, id in ipairs(call_ids(key)) do
   end
 end
 redis.call('HSET', key, 'status', 'running', 'runner', ARGV[2], 'runner_token', token)
-return {'ok', queued}
+return {'ok', queued, redis.call('HGETALL', key)}
 """
 )
 

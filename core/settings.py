@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     upstream_model: str = "offline-model"
     upstream_timeout_s: float = Field(default=120.0, gt=0)
     upstream_adapter: Literal["wire", "langchain"] = "wire"
-    """`wire`: httpx + orjson on the OpenAI wire format; `langchain`: langchain-openai."""
+    """`wire`: aiohttp + orjson on the OpenAI wire format; `langchain`: langchain-openai."""
 
     # Tools and policy
     tools: str = "examples.tools:TOOLS"

@@ -139,8 +139,8 @@ class SessionStore:
         """
         payload = orjson.dumps([item.as_script_item() for item in items]).decode()
         outcome, *rest = await self._decide_calls(
-            keys=[self.keys.session(session_id)],
-            args=[payload, self.keys.wakeup_channel(session_id)],
+            keys=[self.keys.session(session_id), self.keys.deadlines],
+            args=[payload, self.keys.wakeup_channel(session_id), session_id],
         )
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
@@ -159,8 +159,6 @@ class SessionStore:
             )
         if outcome == "repeat":
             return "repeat", SessionRecord.from_hash(_pairs(rest[0]))
-        if rest[0] == "decided":
-            await self.redis.zrem(self.keys.deadlines, session_id)
         return rest[0], SessionRecord.from_hash(_pairs(rest[1]))
 
     async def expire_if_overdue(self, session_id: str) -> SessionStatus | None:
@@ -193,8 +191,11 @@ class SessionStore:
         )
         return ids
 
-    async def begin_run(self, session_id: str, runner: str, token: int = 0) -> list[str] | None:
-        """Claim the continuation of a decided session: the call ids to queue, or None if taken.
+    async def begin_run(
+        self, session_id: str, runner: str, token: int = 0
+    ) -> tuple[list[str] | None, SessionRecord]:
+        """Claim the continuation of a decided session: the call ids to queue (None if it is
+        taken) and the session as it is after the claim, in one round trip.
 
         A `token` above the one that claimed it last takes over a running session.
         """
@@ -204,9 +205,9 @@ class SessionStore:
         )
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
-        if outcome == "refused":
-            return None
-        return list(rest[0])
+        flat = rest[1]
+        record = SessionRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return (list(rest[0]) if outcome == "ok" else None), record
 
     async def finish(self, session_id: str, target: SessionStatus) -> bool:
         """Move a running session to `completed` or `failed`; False if it was not running."""

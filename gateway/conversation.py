@@ -153,10 +153,8 @@ async def converse(
             yield ApprovalNotice(session.view)
             if not ctx.hold:
                 return
-            async for event in _await_decision(engine, session):
-                yield event
         tool_messages: list[dict[str, Any]] = []
-        async for event in run_tools(engine, session.id, tool_messages):
+        async for event in _decide_then_run(engine, session, tool_messages):
             yield event
         messages = [*messages, *tool_messages]
 
@@ -167,11 +165,8 @@ async def resume(
     """Continue a session here: wait for its decision if it is pending, run its tools, then
     the model. With a lease `token`, take over from a runner that stopped mid-way."""
     record = await engine.store.get(session_id)
-    if record.status is SessionStatus.PENDING:
-        async for event in _await_decision(engine, record):
-            yield event
     tool_messages: list[dict[str, Any]] = []
-    async for event in run_tools(engine, session_id, tool_messages, token=token):
+    async for event in _decide_then_run(engine, record, tool_messages, token):
         yield event
     ctx = ChatContext.of_session(record, hold=hold)
     messages = [*record.continuation.messages, *tool_messages]
@@ -324,53 +319,69 @@ def _classify(
     return view.model_copy(update={"decision": decision}), decision
 
 
-async def _await_decision(engine: Engine, record: SessionRecord) -> AsyncIterator[Event]:
+async def _decide_then_run(
+    engine: Engine, record: SessionRecord, tool_messages: list[dict[str, Any]], token: int = 0
+) -> AsyncIterator[Event]:
+    """Wait for a pending session's decision, then run its tools: one subscription for both,
+    so the wake-up that ends the wait leads straight to the claim."""
+    async with engine.hub.watch(record.id) as waiter:
+        if record.status is SessionStatus.PENDING:
+            async for event in _await_decision(engine, record, waiter):
+                yield event
+        async for event in run_tools(engine, record.id, tool_messages, waiter, token):
+            yield event
+
+
+async def _await_decision(
+    engine: Engine, record: SessionRecord, waiter: Waiter
+) -> AsyncIterator[Event]:
     """Hold until the session leaves `pending`: decided, or expired at its deadline."""
     settings = engine.settings
     session_id = record.id
-    async with engine.hub.watch(session_id) as waiter:
+    record = await _reread(engine, record)
+    beat = _Beat(settings.heartbeat_interval_s)
+    while record.status is SessionStatus.PENDING:
+        left = record.view.expires_at - time.time()
+        if left <= 0:
+            with _redis_trouble_tolerated():
+                await engine.store.expire_if_overdue(session_id)
+            left = 0.05  # Redis's clock may lag ours by a little
+        await waiter.wait(min(settings.reread_interval_s, beat.remaining(), left))
+        if beat.due():
+            yield HEARTBEAT
         record = await _reread(engine, record)
-        beat = _Beat(settings.heartbeat_interval_s)
-        while record.status is SessionStatus.PENDING:
-            left = record.view.expires_at - time.time()
-            if left <= 0:
-                with _redis_trouble_tolerated():
-                    await engine.store.expire_if_overdue(session_id)
-                left = 0.05  # Redis's clock may lag ours by a little
-            await waiter.wait(min(settings.reread_interval_s, beat.remaining(), left))
-            if beat.due():
-                yield HEARTBEAT
-            record = await _reread(engine, record)
     if record.status is SessionStatus.EXPIRED:
         yield ApprovalNotice(record.view)
 
 
 async def run_tools(
-    engine: Engine, session_id: str, tool_messages: list[dict[str, Any]], token: int = 0
+    engine: Engine,
+    session_id: str,
+    tool_messages: list[dict[str, Any]],
+    waiter: Waiter,
+    token: int = 0,
 ) -> AsyncIterator[Event]:
     """Claim a decided session, queue its approved calls, and stream their progress.
 
     Appends exactly one tool message per call to `tool_messages`. A taking-over runner
     (`token`) finds a finished session's messages without running anything again.
     """
-    settings = engine.settings
-    async with engine.hub.watch(session_id) as waiter:
-        queued = await engine.store.begin_run(session_id, engine.runner_id, token)
-        record = await engine.store.get(session_id)
-        if queued is None:
-            if not token or record.status not in _FINISHED:
-                raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
-            tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
-            return
-        names = {call.id: call.name for call in record.view.tool_calls}
-        await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
-        for started in _start_events(record):
-            yield started
-        async for update in _await_results(engine, waiter, record, settings.tool_result_timeout_s):
-            if isinstance(update, SessionRecord):
-                record = update
-            else:
-                yield update
+    queued, record = await engine.store.begin_run(session_id, engine.runner_id, token)
+    if queued is None:
+        if not token or record.status not in _FINISHED:
+            raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
+        tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
+        return
+    names = {call.id: call.name for call in record.view.tool_calls}
+    await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
+    for started in _start_events(record):
+        yield started
+    timeout_s = engine.settings.tool_result_timeout_s
+    async for update in _await_results(engine, waiter, record, timeout_s):
+        if isinstance(update, SessionRecord):
+            record = update
+        else:
+            yield update
     done = all(call.status in CALL_DONE_STATUSES for call in record.view.tool_calls)
     tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
     await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)

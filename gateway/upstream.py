@@ -4,7 +4,7 @@ A turn is streamed as text pieces (a list per network read) followed by one
 `TurnEnd` that carries the complete tool calls (arguments reassembled from their deltas), the finish
 reason and the usage.
 
-`WireUpstream` (the default) speaks the OpenAI wire format itself: httpx for the
+`WireUpstream` (the default) speaks the OpenAI wire format itself: aiohttp for the
 connection, orjson for each `data:` payload, and no object built per chunk beyond
 the decoded dict, so relaying a token costs a few microseconds. `LangChainUpstream`
 goes through langchain-openai's `ChatOpenAI` (about 0.6 ms per chunk here, see
@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 import httpx
 import openai
 import orjson
@@ -72,23 +73,40 @@ def make_upstream(settings: Settings) -> Upstream:
 
 
 class WireUpstream:
-    """Any OpenAI-compatible endpoint, spoken to directly: one pooled httpx client, orjson."""
+    """Any OpenAI-compatible endpoint, spoken to directly: one pooled aiohttp session, orjson.
+
+    aiohttp rather than httpx here: on this path httpx costs about twice the CPU per
+    request and per read (its pool checks every idle connection with a syscall on each
+    request, and each read goes through several generator and cancel-scope layers; see
+    BENCHMARKS.md, P1 and P2).
+    """
 
     def __init__(self, settings: Settings) -> None:
-        self._client = httpx.AsyncClient(
-            base_url=settings.upstream_base_url.rstrip("/") + "/",
-            headers={
-                "Authorization": f"Bearer {settings.upstream_api_key.get_secret_value()}",
-                "Content-Type": "application/json",
-                "Accept": "text/event-stream",
-            },
-            timeout=httpx.Timeout(settings.upstream_timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            transport=httpx.AsyncHTTPTransport(retries=1),  # retries a failed connect only
+        self._url = settings.upstream_base_url.rstrip("/") + "/chat/completions"
+        self._headers = {
+            "Authorization": f"Bearer {settings.upstream_api_key.get_secret_value()}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        # The whole answer may take long; what is bounded is connecting and each silence.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10.0, sock_read=settings.upstream_timeout_s
         )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on first use, inside the serving event loop
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                headers=self._headers,
+                timeout=self._timeout,
+                auto_decompress=True,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def stream_turn(
         self,
@@ -108,19 +126,15 @@ class WireUpstream:
             payload["tools"] = tools
         turn = _TurnBuilder()
         try:
-            request = self._client.build_request(
-                "POST", "chat/completions", content=orjson.dumps(payload)
-            )
-            response = await self._client.send(request, stream=True)
-            try:
-                if response.status_code != 200:
-                    body = await response.aread()
+            async with await self._post(orjson.dumps(payload)) as response:
+                if response.status != 200:
+                    body = await response.read()
                     raise UpstreamError(
-                        f"upstream model failed: HTTP {response.status_code}: {_error_text(body)}"
+                        f"upstream model failed: HTTP {response.status}: {_error_text(body)}"
                     )
-                # The hot loop: split events, decode each payload, yield its text at once.
+                # The hot loop: split events, decode each payload, yield a read's text at once.
                 buffer = b""
-                async for block in response.aiter_raw():
+                async for block in response.content.iter_any():
                     buffer += block
                     if b"\r" in buffer:
                         buffer = buffer.replace(b"\r\n", b"\n")
@@ -137,13 +151,18 @@ class WireUpstream:
                         yield pieces
                 if buffer.strip():
                     raise UpstreamError("upstream stream ended in the middle of an event")
-            finally:
-                await response.aclose()
-        except httpx.HTTPError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise UpstreamError(f"upstream model failed: {error!r}") from error
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as error:
             raise UpstreamError(f"upstream answered something unusable: {error!r}") from error
         yield turn.end()
+
+    async def _post(self, body: bytes) -> aiohttp.ClientResponse:
+        """POST the request; a failed connect (nothing was sent) is tried once more."""
+        try:
+            return await self._client().post(self._url, data=body)
+        except aiohttp.ClientConnectorError:
+            return await self._client().post(self._url, data=body)
 
 
 def _payload(event: bytes) -> bytes | None:

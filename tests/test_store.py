@@ -72,10 +72,12 @@ def test_every_status_is_in_the_transition_table_and_terminals_have_no_exit() ->
 
 async def test_running_can_only_start_from_a_decided_session(store: SessionStore) -> None:
     session_id = await new_session(store)
-    assert await store.begin_run(session_id, "r1") is None  # pending: refused
+    assert (await store.begin_run(session_id, "r1"))[0] is None  # pending: refused
     await store.decide_all(session_id, "approve", "", "alice")
-    assert await store.begin_run(session_id, "r1") == ["call_0"]
-    assert await store.begin_run(session_id, "r2") is None  # claimed once only
+    queued, record = await store.begin_run(session_id, "r1")
+    assert queued == ["call_0"]
+    assert record.status is SessionStatus.RUNNING
+    assert (await store.begin_run(session_id, "r2"))[0] is None  # claimed once only
     assert (await store.get(session_id)).status is SessionStatus.RUNNING
     assert not await store.finish(new_session_id(), SessionStatus.COMPLETED)
     assert await store.finish(session_id, SessionStatus.COMPLETED)
