@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps run cluster test lint pytest compose-config format clean
+.PHONY: install system-deps run cluster test lint pytest compose-config format clean bench
 
 install: system-deps $(STAMP)
 
@@ -22,7 +22,7 @@ system-deps:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 ## run: Redis, the offline model, a worker and the gateway on http://127.0.0.1:8000
@@ -35,6 +35,15 @@ cluster: install
 
 ## test: lint, type-check, validate docker-compose.yml, then the test suite on real processes
 test: install lint compose-config pytest
+
+## bench: every benchmark (P1-P5) on real processes, then the plots; see BENCHMARKS.md
+bench: install
+	$(PY) -m bench.relay
+	$(PY) -m bench.latency
+	$(PY) -m bench.resume
+	$(PY) -m bench.held
+	$(PY) -m bench.decisions
+	$(PY) -m bench.plots
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

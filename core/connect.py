@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,15 +19,22 @@ def connect(settings: Settings, name: str, *, extra_read_s: float = 0.0) -> Redi
     lost, so every write this project makes is safe to repeat: its Lua scripts compare
     and set, and a repeated job is skipped by the worker. Timeouts are not retried: a
     frozen Redis must surface as an error within the bound, not after several.
+
+    The pool is bounded (`redis_max_connections`) and blocking: when every connection is
+    busy, a call waits its turn (up to `redis_timeout_s`) instead of failing at once, so a
+    burst of ten thousand held streams queues on a few dozen connections.
     """
     retry = Retry(
         ExponentialBackoff(cap=0.25, base=0.02), retries=3, supported_errors=(RedisConnectionError,)
     )
-    return Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
         decode_responses=True,
         socket_timeout=settings.redis_timeout_s + extra_read_s,
         socket_connect_timeout=settings.redis_timeout_s,
         client_name=name,
         retry=retry,
     )
+    return Redis.from_pool(pool)

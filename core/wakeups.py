@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -134,3 +134,58 @@ class WakeupHub:
         for waiters in self._waiters.values():
             for waiter in waiters:
                 waiter.wake()
+
+
+class StatusPoller:
+    """The safety net under pub/sub for sessions held pending on this process.
+
+    Every `interval_s`, one pipelined read (in slices of `slice_size`) fetches the status
+    of every session a local waiter holds, and wakes the waiters of those that left
+    `pending`. A lost wake-up then costs at most one interval, at a cost that does not grow
+    with round trips: ten thousand held streams are a few pipelines, not ten thousand
+    timers and reads.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys, interval_s: float, slice_size: int = 500) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._interval_s = interval_s
+        self._slice_size = slice_size
+        self._waiting: dict[str, set[Waiter]] = {}
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @contextlib.contextmanager
+    def poll(self, session_id: str, waiter: Waiter) -> Iterator[None]:
+        """Wake `waiter` when a poll finds the session no longer pending."""
+        waiters = self._waiting.setdefault(session_id, set())
+        waiters.add(waiter)
+        try:
+            yield
+        finally:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiting[session_id]
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.poll_once()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                log.warning("status poll failed (%s); the next one retries", error)
+
+    async def poll_once(self) -> None:
+        ids = list(self._waiting)
+        for start in range(0, len(ids), self._slice_size):
+            batch = ids[start : start + self._slice_size]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in batch:
+                    pipe.hget(self._keys.session(session_id), "status")
+                statuses: list[str | None] = await pipe.execute()
+            for session_id, status in zip(batch, statuses, strict=True):
+                if status != "pending":
+                    for waiter in self._waiting.get(session_id, ()):
+                        waiter.wake()

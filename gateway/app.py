@@ -27,7 +27,7 @@ from core.runlog import RunLog
 from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox
-from core.wakeups import WakeupHub
+from core.wakeups import StatusPoller, WakeupHub
 from gateway import approvals, audit, completions, health, legacy, reattach
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
@@ -61,6 +61,8 @@ def create_app(settings: Settings) -> Starlette:
         store = SessionStore(redis, keys, settings.session_retention_s, audit_log)
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
+        poller = StatusPoller(redis, keys, settings.reread_interval_s)
+        polling = asyncio.create_task(poller.run_forever(), name="status-poller")
         webhooks = WebhookSender(settings.webhooks, settings.webhook_max_attempts)
         await webhooks.start()
         upstream = make_upstream(settings)
@@ -69,6 +71,7 @@ def create_app(settings: Settings) -> Starlette:
             store=store,
             jobs=JobQueue(redis, keys),
             hub=hub,
+            poller=poller,
             toolbox=toolbox,
             upstream=upstream,
             runner_id=runner_id,
@@ -85,9 +88,10 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await runs.drain()
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, polling):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await webhooks.stop(grace_s=settings.shutdown_grace_s / 2)
             await hub.stop()
             await upstream.aclose()

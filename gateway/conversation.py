@@ -38,7 +38,7 @@ from core.records import (
 from core.settings import PolicyMode, Settings
 from core.store import SessionStore, new_session_id
 from core.tools import ToolBox
-from core.wakeups import Waiter, WakeupHub
+from core.wakeups import StatusPoller, Waiter, WakeupHub
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
@@ -64,6 +64,7 @@ class Engine:
     store: SessionStore
     jobs: JobQueue
     hub: WakeupHub
+    poller: StatusPoller
     toolbox: ToolBox
     upstream: Upstream
     runner_id: str
@@ -336,20 +337,21 @@ async def _await_decision(
     engine: Engine, record: SessionRecord, waiter: Waiter
 ) -> AsyncIterator[Event]:
     """Hold until the session leaves `pending`: decided, or expired at its deadline."""
-    settings = engine.settings
     session_id = record.id
-    record = await _reread(engine, record)
-    beat = _Beat(settings.heartbeat_interval_s)
-    while record.status is SessionStatus.PENDING:
-        left = record.view.expires_at - time.time()
-        if left <= 0:
-            with _redis_trouble_tolerated():
-                await engine.store.expire_if_overdue(session_id)
-            left = 0.05  # Redis's clock may lag ours by a little
-        await waiter.wait(min(settings.reread_interval_s, beat.remaining(), left))
-        if beat.due():
-            yield HEARTBEAT
+    with engine.poller.poll(session_id, waiter):  # the safety net under pub/sub
         record = await _reread(engine, record)
+        beat = _Beat(engine.settings.heartbeat_interval_s)
+        while record.status is SessionStatus.PENDING:
+            left = record.view.expires_at - time.time()
+            if left <= 0:
+                with _redis_trouble_tolerated():
+                    await engine.store.expire_if_overdue(session_id)
+                left = 0.05  # Redis's clock may lag ours by a little
+            woken = await waiter.wait(min(beat.remaining(), left))
+            if beat.due():
+                yield HEARTBEAT
+            if woken or time.time() >= record.view.expires_at:
+                record = await _reread(engine, record)
     if record.status is SessionStatus.EXPIRED:
         yield ApprovalNotice(record.view)
 
