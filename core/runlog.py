@@ -33,14 +33,24 @@ class Lease:
 class RunLog:
     """Lease, append and replay for run logs."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention_s: int, maxlen: int = 10_000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        retention_s: int,
+        maxlen: int = 10_000,
+        background: Redis | None = None,
+    ) -> None:
         self.redis = redis
+        self.background = background or redis
+        """Renewals go through this client, so a burst of requests cannot starve them."""
         self.keys = keys
         self.retention_s = retention_s
         self.maxlen = maxlen
         self._acquire = redis.register_script(scripts.ACQUIRE_LEASE)
         self._release = redis.register_script(scripts.RELEASE_LEASE)
         self._append = redis.register_script(scripts.APPEND_EVENTS)
+        self._renew = self.background.register_script(scripts.RENEW_LEASES)
 
     async def acquire(self, log_id: str, owner: str, lease_ms: int) -> Lease | None:
         """A new lease, or None while another owner's lease is live."""
@@ -50,17 +60,20 @@ class RunLog:
         )
         return Lease(log_id, owner, int(token)) if token else None
 
-    async def renew_all(self, leases: Sequence[Lease], lease_ms: int) -> list[bool]:
-        """Extend leases in one round trip; False for each that lapsed and is not ours any more."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for lease in leases:
-                await self._acquire(
-                    keys=[self.keys.lease(lease.log_id), self.keys.fence(lease.log_id)],
-                    args=[lease.owner, lease_ms, lease.token, self.retention_s],
-                    client=pipe,
-                )
-            tokens = await pipe.execute()
-        return [bool(token) for token in tokens]
+    async def renew_all(
+        self, leases: Sequence[Lease], lease_ms: int, slice_size: int = 500
+    ) -> list[bool]:
+        """Extend leases, one script call per `slice_size` of them (the event loop runs
+        between slices); False for each that lapsed and is not ours any more."""
+        renewed: list[bool] = []
+        for start in range(0, len(leases), slice_size):
+            batch = leases[start : start + slice_size]
+            flags = await self._renew(
+                keys=[self.keys.lease(lease.log_id) for lease in batch],
+                args=[lease_ms, *(lease.value for lease in batch)],
+            )
+            renewed += [bool(flag) for flag in flags]
+        return renewed
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.log_id)], args=[lease.owner, lease.token])

@@ -30,31 +30,9 @@ local function expire_pending(key, now, channel)
   redis.call('HSET', key, 'status', 'expired', 'decided_as', 'expired', 'decided_at', tostring(now))
   redis.call('PUBLISH', channel, 'expired')
 end
-local function call_hashes(key)
-  local hashes = {ids = {}}
-  for _, c in ipairs(cjson.decode(redis.call('HGET', key, 'calls'))) do
-    hashes.ids[#hashes.ids + 1] = c.id
-    hashes[c.id] = c.arguments_sha256
-  end
-  return hashes
-end
 -- What makes two decisions of one call the same (a repeat), whoever made them and when.
 local function fingerprint(kind, reason, sha, content)
   return kind .. '\\n' .. reason .. '\\n' .. sha .. '\\n' .. content
-end
--- Once no call is pending, the session is decided: approved when any call may run.
-local function settle_if_decided(key, ids, now, channel)
-  local any_approved = false
-  for _, id in ipairs(ids) do
-    local s = redis.call('HGET', key, 'status:' .. id)
-    if s == 'pending' then return false end
-    if s == 'approved' then any_approved = true end
-  end
-  local decided_as = any_approved and 'approved' or 'rejected'
-  redis.call('HSET', key, 'status', decided_as, 'decided_as', decided_as,
-             'decided_at', tostring(now))
-  redis.call('PUBLISH', channel, 'decided')
-  return true
 end
 local function is_overdue(key, now)
   return now >= tonumber(redis.call('HGET', key, 'expires_at'))
@@ -75,15 +53,23 @@ DECIDE_CALLS = (
     _HELPERS
     + """
 local key = KEYS[1]
-local status = redis.call('HGET', key, 'status')
-if not status then return {'not_found'} end
+-- One read of the whole session; everything below works on this table, and the writes
+-- go out as one HSET, so a decision costs a fixed handful of commands however many calls.
+local raw = redis.call('HGETALL', key)
+if #raw == 0 then return {'not_found'} end
+local f = {}
+for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 local now = now_s()
-if status == 'pending' and is_overdue(key, now) then
+if f.status == 'pending' and now >= tonumber(f.expires_at) then
   expire_pending(key, now, ARGV[2])
   return {'expired', 'now'}
 end
-if redis.call('HGET', key, 'decided_as') == 'expired' then return {'expired'} end
-local hashes = call_hashes(key)
+if f.decided_as == 'expired' then return {'expired'} end
+local ids, hashes = {}, {}
+for _, c in ipairs(cjson.decode(f.calls)) do
+  ids[#ids + 1] = c.id
+  hashes[c.id] = c.arguments_sha256
+end
 local items = cjson.decode(ARGV[1])
 local fresh = {}
 for _, item in ipairs(items) do
@@ -91,24 +77,50 @@ for _, item in ipairs(items) do
   if item.expected ~= '' and item.expected ~= hashes[item.id] then
     return {'hash_mismatch', item.id}
   end
-  local s = redis.call('HGET', key, 'status:' .. item.id)
+  local s = f['status:' .. item.id]
   if s == 'pending' then
     fresh[#fresh + 1] = item
-  elseif redis.call('HGET', key, 'fp:' .. item.id)
-      ~= fingerprint(item.kind, item.reason, item.sha, item.content) then
+  elseif f['fp:' .. item.id] ~= fingerprint(item.kind, item.reason, item.sha, item.content) then
     return {'conflict', item.id, s}
   end
 end
-if #fresh == 0 then return {'repeat', redis.call('HGETALL', key)} end
-for _, item in ipairs(fresh) do
-  redis.call('HSET', key, 'status:' .. item.id, item.status, 'decision:' .. item.id,
-             item.decision, 'fp:' .. item.id,
-             fingerprint(item.kind, item.reason, item.sha, item.content))
-  if item.result ~= '' then redis.call('HSET', key, 'result:' .. item.id, item.result) end
+if #fresh == 0 then return {'repeat', raw} end
+local writes = {}
+local function set(field, value)
+  f[field] = value
+  writes[#writes + 1] = field
+  writes[#writes + 1] = value
 end
-local settled = settle_if_decided(key, hashes.ids, now, ARGV[2])
-if settled then redis.call('ZREM', KEYS[2], ARGV[3]) end
-return {'ok', settled and 'decided' or 'partial', redis.call('HGETALL', key)}
+for _, item in ipairs(fresh) do
+  set('status:' .. item.id, item.status)
+  set('decision:' .. item.id, item.decision)
+  set('fp:' .. item.id, fingerprint(item.kind, item.reason, item.sha, item.content))
+  if item.result ~= '' then set('result:' .. item.id, item.result) end
+end
+-- Once no call is pending, the session is decided: approved when any call may run.
+local settled, any_approved = true, false
+for _, id in ipairs(ids) do
+  local s = f['status:' .. id]
+  if s == 'pending' then settled = false end
+  if s == 'approved' then any_approved = true end
+end
+if settled then
+  local decided_as = any_approved and 'approved' or 'rejected'
+  set('status', decided_as)
+  set('decided_as', decided_as)
+  set('decided_at', tostring(now))
+end
+redis.call('HSET', key, unpack(writes))
+if settled then
+  redis.call('PUBLISH', ARGV[2], 'decided')
+  redis.call('ZREM', KEYS[2], ARGV[3])
+end
+local after = {}
+for field, value in pairs(f) do
+  after[#after + 1] = field
+  after[#after + 1] = value
+end
+return {'ok', settled and 'decided' or 'partial', after}
 """
 )
 
@@ -270,6 +282,22 @@ local token = redis.call('INCR', KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 return token
+"""
+
+# Renew many leases in one call, each only while it is still the caller's.
+# KEYS the leases; ARGV[1] lease milliseconds; ARGV[i + 1] '<owner> <token>' for KEYS[i]
+# Returns a list with 1 for each lease renewed and 0 for each that lapsed or changed hands.
+RENEW_LEASES = """
+local renewed = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    renewed[i] = 1
+  else
+    renewed[i] = 0
+  end
+end
+return renewed
 """
 
 # Give a lease back, if it is still the caller's.

@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     key_prefix: str = "ag"
     redis_timeout_s: float = Field(default=2.0, gt=0, description="bound on every hot-path call")
     redis_max_connections: int = Field(default=64, ge=4, description="per process; calls queue")
+    redis_pool_wait_s: float = Field(default=10.0, gt=0, description="wait for a free connection")
 
     # Upstream model; the default points at the offline model's default address.
     upstream_base_url: str = "http://127.0.0.1:8001/v1"

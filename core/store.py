@@ -85,6 +85,11 @@ class SessionStore:
             raise SessionNotFound(f"no approval session {session_id!r}")
         return SessionRecord.from_hash(fields)
 
+    async def status(self, session_id: str) -> SessionStatus | None:
+        """The session's status alone (None when there is no such session): one small read."""
+        status = await self.redis.hget(self.keys.session(session_id), "status")
+        return SessionStatus(str(status)) if status is not None else None
+
     async def list_pending(self, limit: int = 100) -> list[ApprovalSession]:
         """Pending sessions, soonest deadline first."""
         ids: list[str] = await self.redis.zrange(self.keys.deadlines, 0, limit - 1)  # type: ignore[assignment]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,31 +22,81 @@ log = logging.getLogger(__name__)
 
 
 class Waiter:
-    """A local waiter for one session's wake-ups."""
+    """A local waiter for one session's wake-ups.
+
+    Ten thousand of these may wait at once, so it holds a flag and, only while someone
+    waits, one future (an `asyncio.Event` would carry a deque of its own for life).
+    """
+
+    __slots__ = ("_future", "_subscribed", "_woken")
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.subscribed = asyncio.Event()
+        self._woken = False
+        self._future: asyncio.Future[None] | None = None
+        self._subscribed: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
-        self._event.set()
+        self._woken = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    def confirm(self) -> None:
+        """The subscription is confirmed (or re-confirmed after a reconnect)."""
+        if self._subscribed is not None and not self._subscribed.done():
+            self._subscribed.set_result(None)
+        self.wake()
+
+    def expect_confirmation(self) -> None:
+        """`wait_subscribed` will wait for `confirm`."""
+        self._subscribed = asyncio.get_running_loop().create_future()
 
     def clear(self) -> None:
         """Forget wake-ups so far (the caller is about to read state anyway)."""
-        self._event.clear()
+        self._woken = False
 
     async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - every caller passes a bound
         """Wait for a wake-up or `timeout` seconds; True when woken."""
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-            # that races with the wake-up, and a cancelled holder must stop.
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        except TimeoutError:
-            return False
-        finally:
-            self._event.clear()
+        if not self._woken:
+            self._future = asyncio.get_running_loop().create_future()
+            try:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the wake-up, and a cancelled holder must stop.
+                async with asyncio.timeout(timeout):
+                    await self._future
+            except TimeoutError:
+                return False
+            finally:
+                self._future = None
+        self._woken = False
         return True
+
+    async def wait_subscribed(self, timeout: float) -> None:  # noqa: ASYNC109 - bounded
+        """Until the subscription is confirmed, or `timeout` seconds (the poll covers a gap)."""
+        if self._subscribed is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._subscribed
+        self._subscribed = None
+
+
+class Watch:
+    """One `WakeupHub.watch`: a plain object rather than a generator-based context manager,
+    since one lives for as long as each stream is held."""
+
+    __slots__ = ("_channel", "_hub", "_waiter")
+
+    def __init__(self, hub: WakeupHub, channel: str) -> None:
+        self._hub = hub
+        self._channel = channel
+        self._waiter = Waiter()
+
+    async def __aenter__(self) -> Waiter:
+        await self._hub._enter(self._channel, self._waiter)
+        return self._waiter
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._hub._leave(self._channel, self._waiter)
 
 
 class WakeupHub:
@@ -83,30 +132,34 @@ class WakeupHub:
         """How many sessions have local waiters."""
         return len(self._waiters)
 
-    @contextlib.asynccontextmanager
-    async def watch(self, session_id: str) -> AsyncIterator[Waiter]:
-        """Subscribe to a session's wake-ups; read state only after entering."""
-        channel = self._keys.wakeup_channel(session_id)
-        waiter = Waiter()
+    def watch(self, session_id: str) -> Watch:
+        """`async with hub.watch(id) as waiter`: subscribed to the session's wake-ups on
+        entering; read state only after that."""
+        return Watch(self, self._keys.wakeup_channel(session_id))
+
+    async def _enter(self, channel: str, waiter: Waiter) -> None:
         waiters = self._waiters.setdefault(channel, set())
         waiters.add(waiter)
         try:
             if len(waiters) == 1:
+                waiter.expect_confirmation()
                 await self._pubsub.subscribe(channel)
-            else:
-                waiter.subscribed.set()
-            # Bounded: if the confirmation is late, the periodic re-read covers the gap.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._subscribe_timeout_s):
-                    await waiter.subscribed.wait()
-            waiter.clear()
-            yield waiter
-        finally:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[channel]
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-                    await self._pubsub.unsubscribe(channel)
+            # Bounded: if the confirmation is late, the status poll covers the gap.
+            await waiter.wait_subscribed(self._subscribe_timeout_s)
+        except BaseException:
+            await self._leave(channel, waiter)
+            raise
+        waiter.clear()
+
+    async def _leave(self, channel: str, waiter: Waiter) -> None:
+        waiters = self._waiters.get(channel)
+        if waiters is None:
+            return
+        waiters.discard(waiter)
+        if not waiters:
+            del self._waiters[channel]
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                await self._pubsub.unsubscribe(channel)
 
     async def _read_forever(self) -> None:
         while True:
@@ -126,8 +179,9 @@ class WakeupHub:
     def _dispatch(self, kind: str, channel: str) -> None:
         for waiter in self._waiters.get(channel, ()):
             if kind == "subscribe":
-                waiter.subscribed.set()
-            waiter.wake()
+                waiter.confirm()
+            else:
+                waiter.wake()
 
     def wake_all(self) -> None:
         """Wake every local waiter (they re-read their state)."""
@@ -157,14 +211,13 @@ class StatusPoller:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    @contextlib.contextmanager
-    def poll(self, session_id: str, waiter: Waiter) -> Iterator[None]:
-        """Wake `waiter` when a poll finds the session no longer pending."""
-        waiters = self._waiting.setdefault(session_id, set())
-        waiters.add(waiter)
-        try:
-            yield
-        finally:
+    def add(self, session_id: str, waiter: Waiter) -> None:
+        """Wake `waiter` when a poll finds the session no longer pending (until `discard`)."""
+        self._waiting.setdefault(session_id, set()).add(waiter)
+
+    def discard(self, session_id: str, waiter: Waiter) -> None:
+        waiters = self._waiting.get(session_id)
+        if waiters is not None:
             waiters.discard(waiter)
             if not waiters:
                 del self._waiting[session_id]

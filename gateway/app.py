@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -61,7 +62,10 @@ def create_app(settings: Settings) -> Starlette:
         store = SessionStore(redis, keys, settings.session_retention_s, audit_log)
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
-        poller = StatusPoller(redis, keys, settings.reread_interval_s)
+        # Lease renewals and status polls keep streams alive: their own small pool, so a
+        # burst of requests queueing on the main one cannot make a lease lapse.
+        background = connect(settings, f"gateway:{runner_id}:bg", max_connections=4)
+        poller = StatusPoller(background, keys, settings.reread_interval_s)
         polling = asyncio.create_task(poller.run_forever(), name="status-poller")
         webhooks = WebhookSender(settings.webhooks, settings.webhook_max_attempts)
         await webhooks.start()
@@ -80,9 +84,17 @@ def create_app(settings: Settings) -> Starlette:
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)
         app.state.authenticator = authenticator
-        runlog = RunLog(redis, keys, settings.session_retention_s)
+        runlog = RunLog(redis, keys, settings.session_retention_s, background=background)
         app.state.runs = runs = RunRegistry(app.state.engine, runlog)
         sweeper = asyncio.create_task(Sweeper(store, runner_id).run_forever(), name="sweeper")
+        # What start-up built (modules, schemas, tools) lives as long as the process: keep it
+        # out of the collector's way. And collect the young generation less often, so the
+        # short-lived objects of a request die young instead of being promoted: with
+        # thousands of held streams, each full collection pauses the loop for about a
+        # second (see BENCHMARKS.md, P4).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         log.info("replica %s ready: %d server-side tools", runner_id, len(toolbox.tools))
         try:
             yield
@@ -95,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
             await webhooks.stop(grace_s=settings.shutdown_grace_s / 2)
             await hub.stop()
             await upstream.aclose()
+            await background.aclose()
             await redis.aclose()
 
     routes = [

@@ -6,6 +6,7 @@ sees the same chunks (same completion id, same sequence numbers) on any replica.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import time
 from dataclasses import dataclass
@@ -60,11 +61,13 @@ class ChunkWriter:
 
     def __init__(self, meta: ChunkMeta) -> None:
         self.meta = meta
-        # A content chunk differs from the next only by its text: encode the rest once.
-        template = orjson.dumps(self.chunk({"content": ""}))
-        head, tail = template.split(b'"content":""', 1)
-        self._content_head = head + b'"content":'
-        self._content_tail = tail + b"\n\n"
+
+    @functools.cached_property
+    def _content_template(self) -> tuple[bytes, bytes]:
+        """A content chunk differs from the next only by its text: encode the rest once
+        (on first use: a stream held on approval may never send content)."""
+        head, tail = orjson.dumps(self.chunk({"content": ""})).split(b'"content":""', 1)
+        return head + b'"content":', tail + b"\n\n"
 
     def chunk(
         self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any
@@ -93,12 +96,8 @@ class ChunkWriter:
 
     def content(self, seq: int, text: str) -> bytes:
         """A `ContentDelta` as SSE: the hot path, one `orjson.dumps` of the text."""
-        return b"id: %d\ndata: %b%b%b" % (
-            seq,
-            self._content_head,
-            orjson.dumps(text),
-            self._content_tail,
-        )
+        head, tail = self._content_template
+        return b"id: %d\ndata: %b%b%b" % (seq, head, orjson.dumps(text), tail)
 
     def contents(self, after: int, pieces: list[str]) -> bytes:
         """Pieces as consecutive content chunks numbered from `after` + 1, in one write."""

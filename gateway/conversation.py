@@ -146,18 +146,20 @@ async def converse(
                 yield ClientToolCalls([_openai_call(c) for c in client_calls])
             yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
             return
-        messages = [*messages, _assistant_message("".join(text), turn.calls)]
         rounds_used += 1
-        session = await _open_session(engine, ctx, messages, turn.calls, rounds_used)
+        asked = [*messages, _assistant_message("".join(text), turn.calls)]
+        session = await _open_session(engine, ctx, asked, turn.calls, rounds_used)
+        # A held stream keeps only what it needs while it waits; the conversation is in
+        # Redis, and the claim after the decision reads it back.
+        del messages, asked, tools, text, turn, client_calls, client_names
         yield SessionOpened(session.id)
         if session.status is SessionStatus.PENDING:
             yield ApprovalNotice(session.view)
             if not ctx.hold:
                 return
-        tool_messages: list[dict[str, Any]] = []
-        async for event in _decide_then_run(engine, session, tool_messages):
+        messages = []
+        async for event in _decide_then_run(engine, session, messages):
             yield event
-        messages = [*messages, *tool_messages]
 
 
 async def resume(
@@ -166,11 +168,10 @@ async def resume(
     """Continue a session here: wait for its decision if it is pending, run its tools, then
     the model. With a lease `token`, take over from a runner that stopped mid-way."""
     record = await engine.store.get(session_id)
-    tool_messages: list[dict[str, Any]] = []
-    async for event in _decide_then_run(engine, record, tool_messages, token):
+    messages: list[dict[str, Any]] = []
+    async for event in _decide_then_run(engine, record, messages, token):
         yield event
     ctx = ChatContext.of_session(record, hold=hold)
-    messages = [*record.continuation.messages, *tool_messages]
     async for event in converse(engine, ctx, messages, record.continuation.rounds_used):
         yield event
 
@@ -227,7 +228,8 @@ async def _open_session(
     await engine.store.create(record, initial, _opened_entries(session))
     if status is SessionStatus.PENDING and engine.webhooks is not None:
         engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
-    return record
+    # The caller keeps its own `messages`; a held stream need not carry a second copy.
+    return record.model_copy(update={"continuation": _HELD})
 
 
 async def _granted(
@@ -321,58 +323,61 @@ def _classify(
 
 
 async def _decide_then_run(
-    engine: Engine, record: SessionRecord, tool_messages: list[dict[str, Any]], token: int = 0
+    engine: Engine, record: SessionRecord, conversation: list[dict[str, Any]], token: int = 0
 ) -> AsyncIterator[Event]:
     """Wait for a pending session's decision, then run its tools: one subscription for both,
-    so the wake-up that ends the wait leads straight to the claim."""
+    so the wake-up that ends the wait leads straight to the claim. Fills `conversation`
+    as `run_tools` does."""
     async with engine.hub.watch(record.id) as waiter:
         if record.status is SessionStatus.PENDING:
-            async for event in _await_decision(engine, record, waiter):
-                yield event
-        async for event in run_tools(engine, record.id, tool_messages, waiter, token):
+            record = await _await_decision(engine, record, waiter)
+            if record.status is SessionStatus.EXPIRED:
+                yield ApprovalNotice(record.view)
+        async for event in run_tools(engine, record.id, conversation, waiter, token):
             yield event
 
 
-async def _await_decision(
-    engine: Engine, record: SessionRecord, waiter: Waiter
-) -> AsyncIterator[Event]:
-    """Hold until the session leaves `pending`: decided, or expired at its deadline."""
+async def _await_decision(engine: Engine, record: SessionRecord, waiter: Waiter) -> SessionRecord:
+    """Hold until the session leaves `pending` (decided, or expired at its deadline); the
+    session then. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
+    (`gateway.runs`), so a held session costs one timer, its deadline."""
     session_id = record.id
-    with engine.poller.poll(session_id, waiter):  # the safety net under pub/sub
-        record = await _reread(engine, record)
-        beat = _Beat(engine.settings.heartbeat_interval_s)
+    engine.poller.add(session_id, waiter)  # the safety net under pub/sub
+    try:
+        record = await _unless_pending(engine, record)
         while record.status is SessionStatus.PENDING:
             left = record.view.expires_at - time.time()
             if left <= 0:
                 with _redis_trouble_tolerated():
                     await engine.store.expire_if_overdue(session_id)
                 left = 0.05  # Redis's clock may lag ours by a little
-            woken = await waiter.wait(min(beat.remaining(), left))
-            if beat.due():
-                yield HEARTBEAT
+            woken = await waiter.wait(left)
             if woken or time.time() >= record.view.expires_at:
-                record = await _reread(engine, record)
-    if record.status is SessionStatus.EXPIRED:
-        yield ApprovalNotice(record.view)
+                record = await _unless_pending(engine, record)
+    finally:
+        engine.poller.discard(session_id, waiter)
+    return record
 
 
 async def run_tools(
     engine: Engine,
     session_id: str,
-    tool_messages: list[dict[str, Any]],
+    conversation: list[dict[str, Any]],
     waiter: Waiter,
     token: int = 0,
 ) -> AsyncIterator[Event]:
     """Claim a decided session, queue its approved calls, and stream their progress.
 
-    Appends exactly one tool message per call to `tool_messages`. A taking-over runner
-    (`token`) finds a finished session's messages without running anything again.
+    Fills `conversation` with what the model is asked next: the session's messages, then
+    exactly one tool message per call. A taking-over runner (`token`) finds a finished
+    session's messages without running anything again.
     """
     queued, record = await engine.store.begin_run(session_id, engine.runner_id, token)
+    conversation.extend(record.continuation.messages)
     if queued is None:
         if not token or record.status not in _FINISHED:
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
-        tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
+        conversation.extend(_tool_message(call) for call in record.view.tool_calls)
         return
     names = {call.id: call.name for call in record.view.tool_calls}
     await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
@@ -385,7 +390,7 @@ async def run_tools(
         else:
             yield update
     done = all(call.status in CALL_DONE_STATUSES for call in record.view.tool_calls)
-    tool_messages.extend(_tool_message(call) for call in record.view.tool_calls)
+    conversation.extend(_tool_message(call) for call in record.view.tool_calls)
     await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
 
 
@@ -411,6 +416,16 @@ async def _await_results(
     yield record
 
 
+async def _unless_pending(engine: Engine, record: SessionRecord) -> SessionRecord:
+    """`record` while the session is still pending (one small read: a held stream keeps one
+    copy of its session, not one per check), else the session as it is now."""
+    with _redis_trouble_tolerated():
+        if await engine.store.status(record.id) is SessionStatus.PENDING:
+            return record
+        return await engine.store.get(record.id)
+    return record
+
+
 async def _reread(engine: Engine, last: SessionRecord) -> SessionRecord:
     """The session as Redis has it now; while Redis is unreachable, the last one read."""
     with _redis_trouble_tolerated():
@@ -433,6 +448,8 @@ def _redis_trouble_tolerated() -> Iterator[None]:
         raise asyncio.CancelledError
 
 
+_HELD = Continuation(messages=[])
+"""What a held session's in-memory record carries of its continuation (Redis has it all)."""
 _NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED})
 _FINISHED = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED})
 

@@ -46,6 +46,37 @@ _URGENT = (ApprovalNotice, ToolEvent, Finished, StreamFailed, Ended)
 Item = tuple[int, LoggedEvent] | Heartbeat | Reattach
 
 
+class Listener:
+    """One listener's inbox: a list and, only while the listener waits, one future.
+
+    (An `asyncio.Queue` would carry three deques per held stream for its whole life.)
+    """
+
+    __slots__ = ("_future", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Item] = []
+        self._future: asyncio.Future[None] | None = None
+
+    def put(self, item: Item) -> None:
+        self._items.append(item)
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+    async def get(self, timeout: float) -> Item | None:  # noqa: ASYNC109 - bounded on purpose
+        """The next item, or None after `timeout` seconds without one."""
+        if not self._items:
+            self._future = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._future
+            except TimeoutError:
+                return None
+            finally:
+                self._future = None
+        return self._items.pop(0)
+
+
 class Run:
     """One run on this replica: drives its events, logs them, and feeds its listeners."""
 
@@ -58,13 +89,15 @@ class Run:
         """The sequence number of the last event; the next one gets seq + 1."""
         self.first_seq = seq + 1
         self.history: list[tuple[int, LoggedEvent]] = []
-        self.listeners: set[asyncio.Queue[Item]] = set()
+        self.listeners: set[Listener] = set()
         self._unflushed: list[tuple[int, bytes]] = []
         self._meta_fields: dict[str, str] = {**meta.as_fields(), "session": self.log_id}
-        self._dirty = asyncio.Event()
-        """Set while events wait to be logged: an idle run's flusher sleeps without a timer."""
-        self._urgent = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._drive_task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        """Exists only while events wait to be logged: an idle (held) run has no flush task."""
+        self._urgent = False
+        self._nap: asyncio.Future[None] | None = None
+        """The flusher's batch window; an urgent event cuts it short."""
         self._stopping = False
         self.ended = False
 
@@ -75,16 +108,15 @@ class Run:
     def start(self, source: AsyncIterator[Event], first: LoggedEvent | None) -> None:
         if first is not None:
             self._publish(first)
-        self._tasks = [
-            asyncio.create_task(self._drive(source), name=f"run-{self.log_id}"),
-            asyncio.create_task(self._flush_forever(), name=f"run-flush-{self.log_id}"),
-        ]
+        else:
+            self._start_flusher()  # the meta fields
+        self._drive_task = asyncio.create_task(self._drive(source), name=f"run-{self.log_id}")
 
     async def listen(self, after: int) -> AsyncIterator[Item]:
         """Events after `after` (from memory), then live ones, with heartbeats when idle."""
-        queue: asyncio.Queue[Item] = asyncio.Queue()
+        listener = Listener()
         backlog = [(seq, event) for seq, event in self.history if seq > after]
-        self.listeners.add(queue)
+        self.listeners.add(listener)
         try:
             for logged in backlog:
                 yield logged
@@ -92,10 +124,8 @@ class Run:
                 return
             interval = self.registry.engine.settings.heartbeat_interval_s
             while True:
-                try:
-                    async with asyncio.timeout(interval):
-                        live: Item = await queue.get()
-                except TimeoutError:
+                live = await listener.get(interval)
+                if live is None:
                     yield Heartbeat()
                     continue
                 yield live
@@ -104,17 +134,20 @@ class Run:
                 ):
                     return
         finally:
-            self.listeners.discard(queue)
+            self.listeners.discard(listener)
 
     async def stop(self, *, hand_over: bool) -> None:
         """Stop driving; flush what is logged; give the lease back; tell listeners to re-attach."""
-        drive, *helpers = self._tasks
-        for task in (drive, *helpers) if hand_over else helpers:
-            task.cancel()
+        tasks = [t for t in (self._drive_task, self._flusher) if t is not None]
+        for task in tasks:
+            if hand_over or task is not self._drive_task:
+                task.cancel()
         self._stopping = True
-        self._dirty.set()
-        self._urgent.set()
-        _, stuck = await asyncio.wait(self._tasks, timeout=self.registry.stop_timeout_s)
+        self._cut_nap()
+        if not tasks:
+            stuck: set[asyncio.Task[None]] = set()
+        else:
+            _, stuck = await asyncio.wait(tasks, timeout=self.registry.stop_timeout_s)
         for task in stuck:  # a cancellation lost inside a library; the loops' flag still ends them
             log.warning("run %s: task %s did not stop in time", self.log_id, task.get_name())
         with contextlib.suppress(RedisError, OSError):
@@ -122,8 +155,8 @@ class Run:
             await self.registry.runlog.release(self.lease)
         if hand_over and not self.ended:
             reattach = Reattach(f"/v1/approvals/{self.log_id}/stream", self.seq)
-            for queue in self.listeners:
-                queue.put_nowait(reattach)
+            for listener in self.listeners:
+                listener.put(reattach)
         self.registry.runs.pop(self.log_id, None)
 
     async def _drive(self, source: AsyncIterator[Event]) -> None:
@@ -151,26 +184,43 @@ class Run:
         self.seq += 1
         self.history.append((self.seq, event))
         self._unflushed.append((self.seq, to_json(event)))
-        for queue in self.listeners:
-            queue.put_nowait((self.seq, event))
-        self._dirty.set()
+        for listener in self.listeners:
+            listener.put((self.seq, event))
         if isinstance(event, _URGENT) or len(self._unflushed) >= 64:
-            self._urgent.set()
+            self._urgent = True
+            self._cut_nap()
+        self._start_flusher()
 
-    async def _flush_forever(self) -> None:
+    def _start_flusher(self) -> None:
+        if self._flusher is None and not self._stopping:
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_while_dirty(), name=f"run-flush-{self.log_id}"
+            )
+
+    def _cut_nap(self) -> None:
+        if self._nap is not None and not self._nap.done():
+            self._nap.set_result(None)
+
+    async def _flush_while_dirty(self) -> None:
+        """Log what is unflushed, batching for the window unless something is urgent; end
+        when nothing is left (the next event starts a new flusher)."""
         window = self.registry.flush_window_s
-        while not self._stopping:
-            await self._dirty.wait()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(window):
-                    await self._urgent.wait()
-            self._dirty.clear()
-            self._urgent.clear()
-            try:
-                await self._flush()
-            except (RedisError, OSError) as error:
-                log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
-                await asyncio.sleep(0.25)
+        try:
+            while (self._unflushed or self._meta_fields) and not self._stopping:
+                if not self._urgent:
+                    self._nap = asyncio.get_running_loop().create_future()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(window):
+                            await self._nap
+                    self._nap = None
+                self._urgent = False
+                try:
+                    await self._flush()
+                except (RedisError, OSError) as error:
+                    log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                    await asyncio.sleep(0.25)
+        finally:
+            self._flusher = None
 
     async def _flush(self) -> None:
         if not self._unflushed and not self._meta_fields:

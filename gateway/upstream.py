@@ -14,6 +14,7 @@ with `GATEWAY_UPSTREAM_ADAPTER=langchain`. Both pass the same contract tests.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ from langchain_openai import ChatOpenAI
 
 from core.errors import UpstreamError
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +100,8 @@ class WireUpstream:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the serving event loop
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                # Idle connections are dropped before common servers' keep-alive ends (5 s).
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
                 headers=self._headers,
                 timeout=self._timeout,
                 auto_decompress=True,
@@ -158,10 +162,13 @@ class WireUpstream:
         yield turn.end()
 
     async def _post(self, body: bytes) -> aiohttp.ClientResponse:
-        """POST the request; a failed connect (nothing was sent) is tried once more."""
+        """POST the request. A failed connect, or a pooled connection the server had already
+        closed (no response began), is tried once more on a fresh connection: a chat
+        completion has no side effects to repeat."""
         try:
             return await self._client().post(self._url, data=body)
-        except aiohttp.ClientConnectorError:
+        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as error:
+            log.info("upstream connection failed (%r); trying a fresh one", error)
             return await self._client().post(self._url, data=body)
 
 
