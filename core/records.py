@@ -201,6 +201,10 @@ class Continuation(BaseModel):
     rounds_used: int = 1
 
 
+_NO_CONTINUATION = Continuation(messages=[])
+"""What a record read `view_only` carries: never continue a conversation from it."""
+
+
 class SessionRecord(BaseModel):
     """A session as read back from its hash."""
 
@@ -218,8 +222,9 @@ class SessionRecord(BaseModel):
         return self.view.status
 
     @classmethod
-    def from_hash(cls, fields: Mapping[str, str]) -> SessionRecord:
-        """Validate the raw hash fields of a session."""
+    def from_hash(cls, fields: Mapping[str, str], *, view_only: bool = False) -> SessionRecord:
+        """Validate the raw hash fields of a session; with `view_only`, leave the
+        continuation (the whole conversation: the largest field) unparsed and empty."""
         calls = [ToolCall.model_validate(c) for c in orjson.loads(fields["calls"])]
         views = [
             ToolCallView(
@@ -242,7 +247,11 @@ class SessionRecord(BaseModel):
             conversation=fields.get("conversation", ""),
             tool_calls=views,
         )
-        continuation = Continuation.model_validate_json(fields["continuation"])
+        continuation = (
+            _NO_CONTINUATION
+            if view_only
+            else Continuation.model_validate_json(fields["continuation"])
+        )
         return cls(view=view, continuation=continuation, log_id=fields.get("log", ""))
 
 

@@ -78,12 +78,12 @@ class SessionStore:
                 self.audit.add_to(pipe, audit)
             await pipe.execute()
 
-    async def get(self, session_id: str) -> SessionRecord:
-        """The session, or `SessionNotFound`."""
+    async def get(self, session_id: str, *, view_only: bool = False) -> SessionRecord:
+        """The session, or `SessionNotFound` (`view_only`: see `SessionRecord.from_hash`)."""
         fields: dict[str, str] = await self.redis.hgetall(self.keys.session(session_id))  # type: ignore[assignment]
         if not fields:
             raise SessionNotFound(f"no approval session {session_id!r}")
-        return SessionRecord.from_hash(fields)
+        return SessionRecord.from_hash(fields, view_only=view_only)
 
     async def status(self, session_id: str) -> SessionStatus | None:
         """The session's status alone (None when there is no such session): one small read."""
@@ -97,7 +97,7 @@ class SessionStore:
             for session_id in ids:
                 pipe.hgetall(self.keys.session(session_id))
             rows = await pipe.execute()
-        records = [SessionRecord.from_hash(r) for r in rows if r]
+        records = [SessionRecord.from_hash(r, view_only=True) for r in rows if r]
         return [r.view for r in records if r.status is SessionStatus.PENDING]
 
     async def count_pending(self) -> int:
@@ -163,8 +163,8 @@ class SessionStore:
                 f"tool call {rest[0]!r} is {rest[1]}; it was decided differently already"
             )
         if outcome == "repeat":
-            return "repeat", SessionRecord.from_hash(_pairs(rest[0]))
-        return rest[0], SessionRecord.from_hash(_pairs(rest[1]))
+            return "repeat", SessionRecord.from_hash(_pairs(rest[0]), view_only=True)
+        return rest[0], SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
 
     async def expire_if_overdue(self, session_id: str) -> SessionStatus | None:
         """Expire a pending session whose deadline passed; the status after, or None."""

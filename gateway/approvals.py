@@ -29,7 +29,7 @@ async def get_approval(request: Request) -> JSONResponse:
     principal = principal_of(request)
     principal.require("requester", "approver")
     engine: Engine = request.app.state.engine
-    record = await engine.store.get(request.path_params["session_id"])
+    record = await engine.store.get(request.path_params["session_id"], view_only=True)
     principal.require_sees(record.view)
     return JSONResponse(record.view.model_dump(mode="json"))
 

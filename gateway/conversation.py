@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.audit import AuditEntry, AuditLog
-from core.errors import DecisionConflict, Overloaded, RedisUnavailable
+from core.errors import DecisionConflict, Overloaded, RedisUnavailable, SessionNotFound
 from core.jobs import JobQueue
 from core.records import (
     CALL_DONE_STATUSES,
@@ -330,33 +330,34 @@ async def _decide_then_run(
     as `run_tools` does."""
     async with engine.hub.watch(record.id) as waiter:
         if record.status is SessionStatus.PENDING:
-            record = await _await_decision(engine, record, waiter)
-            if record.status is SessionStatus.EXPIRED:
-                yield ApprovalNotice(record.view)
+            status = await _await_decision(engine, record, waiter)
+            if status is SessionStatus.EXPIRED:
+                yield ApprovalNotice((await _reread(engine, record)).view)
         async for event in run_tools(engine, record.id, conversation, waiter, token):
             yield event
 
 
-async def _await_decision(engine: Engine, record: SessionRecord, waiter: Waiter) -> SessionRecord:
-    """Hold until the session leaves `pending` (decided, or expired at its deadline); the
-    session then. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
-    (`gateway.runs`), so a held session costs one timer, its deadline."""
-    session_id = record.id
+async def _await_decision(engine: Engine, record: SessionRecord, waiter: Waiter) -> SessionStatus:
+    """Hold until the session leaves `pending` (decided, or expired at its deadline); its
+    status then. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
+    (`gateway.runs`), so a held session costs one timer, its deadline, and each check is
+    one small read (the claim that follows a decision reads the whole session anyway)."""
+    session_id, expires_at = record.id, record.view.expires_at
     engine.poller.add(session_id, waiter)  # the safety net under pub/sub
     try:
-        record = await _unless_pending(engine, record)
-        while record.status is SessionStatus.PENDING:
-            left = record.view.expires_at - time.time()
+        status = await _status(engine, session_id)
+        while status is SessionStatus.PENDING:
+            left = expires_at - time.time()
             if left <= 0:
                 with _redis_trouble_tolerated():
                     await engine.store.expire_if_overdue(session_id)
                 left = 0.05  # Redis's clock may lag ours by a little
             woken = await waiter.wait(left)
-            if woken or time.time() >= record.view.expires_at:
-                record = await _unless_pending(engine, record)
+            if woken or time.time() >= expires_at:
+                status = await _status(engine, session_id)
     finally:
         engine.poller.discard(session_id, waiter)
-    return record
+    return status
 
 
 async def run_tools(
@@ -379,10 +380,10 @@ async def run_tools(
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
         conversation.extend(_tool_message(call) for call in record.view.tool_calls)
         return
+    for started in _start_events(record):  # the calls are queued in the session already
+        yield started
     names = {call.id: call.name for call in record.view.tool_calls}
     await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
-    for started in _start_events(record):
-        yield started
     timeout_s = engine.settings.tool_result_timeout_s
     async for update in _await_results(engine, waiter, record, timeout_s):
         if isinstance(update, SessionRecord):
@@ -416,14 +417,14 @@ async def _await_results(
     yield record
 
 
-async def _unless_pending(engine: Engine, record: SessionRecord) -> SessionRecord:
-    """`record` while the session is still pending (one small read: a held stream keeps one
-    copy of its session, not one per check), else the session as it is now."""
+async def _status(engine: Engine, session_id: str) -> SessionStatus:
+    """The session's status; while Redis is unreachable, still pending (wait on)."""
     with _redis_trouble_tolerated():
-        if await engine.store.status(record.id) is SessionStatus.PENDING:
-            return record
-        return await engine.store.get(record.id)
-    return record
+        status = await engine.store.status(session_id)
+        if status is None:
+            raise SessionNotFound(f"no approval session {session_id!r}")
+        return status
+    return SessionStatus.PENDING
 
 
 async def _reread(engine: Engine, last: SessionRecord) -> SessionRecord:

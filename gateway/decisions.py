@@ -43,7 +43,7 @@ async def decide(
     engine: Engine, principal: Principal, session_id: str, body: DecisionRequest
 ) -> SessionRecord:
     """Apply a decision request for `principal`; returns the session after it."""
-    record = await engine.store.get(session_id)
+    record = await engine.store.get(session_id, view_only=True)
     try:
         principal.require_sees(record.view)
         principal.require("approver")
