@@ -9,7 +9,7 @@ each rate in `--rates`, open loop, for `--seconds` each. Commands per decision: 
 counters are reset, one batch of decisions is sent, and every command Redis ran (those a
 Lua script runs included) is divided by the decisions.
 
-    python -m bench.decisions [--rates 250,500,1000,1500] [--seconds 3]
+    python -m bench.decisions [--rates 500,1000,1500,2000] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -168,6 +168,6 @@ COLUMNS = "rate sent_per_s completed_per_s decisions ok p50_ms p99_ms max_ms"
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rates", default="250,500,1000,1500")
+    parser.add_argument("--rates", default="500,1000,1500,2000")
     parser.add_argument("--seconds", type=float, default=3)
     main_guard(main(parser.parse_args()))

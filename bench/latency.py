@@ -9,7 +9,9 @@ replica (alternating, so both see the same machine state), a fresh connection pe
   does, so 100 streams are in flight at any time;
 - *burst*: rounds of `--concurrency` requests sent at the same instant to a model that
   writes each answer at once: the worst case, where requests queue behind each other on
-  the replica's single core.
+  the replica's single core;
+- *one at a time*: 300 of the burst requests in sequence, so nothing queues: what the
+  gateway itself adds to a request.
  Time to first token is until the first chunk that
 carries answer text (the gateway's own first chunk, the role, is sent before the model
 answers and does not count); time to last token is until `[DONE]`. Added latency is the
@@ -121,6 +123,9 @@ async def main(args: argparse.Namespace) -> None:
         topology.start_redis()
         rows = await scenario(topology, "steady", args, args.token_delay)
         rows += await scenario(topology, "burst", args, 0.0)
+        # The same requests one at a time: what the gateway adds when nothing queues.
+        alone = argparse.Namespace(**{**vars(args), "concurrency": 1, "rounds": 300})
+        rows += await scenario(topology, "one at a time", alone, 0.0)
     table(
         f"P2 latency in ms, {args.concurrency} concurrent streams"
         " (target: added p50 <= 1 ms, p99 <= 5 ms)",
