@@ -128,7 +128,7 @@ class WireUpstream:
         }
         if tools:
             payload["tools"] = tools
-        turn = _TurnBuilder()
+        turn = TurnBuilder()
         try:
             async with await self._post(orjson.dumps(payload)) as response:
                 if response.status != 200:
@@ -136,25 +136,19 @@ class WireUpstream:
                     raise UpstreamError(
                         f"upstream model failed: HTTP {response.status}: {_error_text(body)}"
                     )
-                # The hot loop: split events, decode each payload, yield a read's text at once.
-                buffer = b""
+                if response.content_type == "application/json":
+                    # Some servers will not stream once tools are offered: take the answer whole.
+                    text = turn.add_completion(orjson.loads(await response.read()))
+                    if text:
+                        yield [text]
+                    yield turn.end()
+                    return
+                # The hot loop: one call per network read, its text yielded at once.
                 async for block in response.content.iter_any():
-                    buffer += block
-                    if b"\r" in buffer:
-                        buffer = buffer.replace(b"\r\n", b"\n")
-                    *events, buffer = buffer.split(b"\n\n")
-                    pieces = []
-                    for event in events:
-                        data = _payload(event)
-                        if data is None or data == b"[DONE]":
-                            continue
-                        text = turn.add(orjson.loads(data))
-                        if text:
-                            pieces.append(text)
+                    pieces = turn.feed(block)
                     if pieces:
                         yield pieces
-                if buffer.strip():
-                    raise UpstreamError("upstream stream ended in the middle of an event")
+                turn.close()
         except (aiohttp.ClientError, TimeoutError) as error:
             raise UpstreamError(f"upstream model failed: {error!r}") from error
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as error:
@@ -192,16 +186,55 @@ def _error_text(body: bytes) -> str:
     return str(message)
 
 
-class _TurnBuilder:
-    """Accumulates one streamed turn: tool-call deltas by index, finish reason, usage."""
+class TurnBuilder:
+    """Accumulates one streamed turn: tool-call deltas by index, finish reason, usage.
 
-    __slots__ = ("calls", "finish_reason", "usage")
+    Upstreams differ, and each difference seen in the wild is handled here: the call id
+    (and name) repeated on every delta, no usage chunk, a stream without `[DONE]` (a
+    finish_reason is enough), the legacy `function_call` beside `tool_calls` (ignored)
+    or instead of them (refused with a clear error), and a whole `chat.completion`
+    where a stream was asked for (`add_completion`).
+    """
+
+    __slots__ = ("buffer", "calls", "finish_reason", "finished", "legacy_call", "usage")
 
     def __init__(self) -> None:
+        self.buffer = b""
         self.calls: dict[int, list[str]] = {}
         """index -> [id, name, argument text so far]"""
         self.finish_reason = "stop"
+        self.finished = False
+        """A finish_reason or `[DONE]` arrived: the answer is complete."""
+        self.legacy_call = ""
         self.usage: dict[str, Any] | None = None
+
+    def feed(self, block: bytes) -> list[str]:
+        """Take bytes of the SSE stream; the text of the events they complete."""
+        buffer = self.buffer + block
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        *events, self.buffer = buffer.split(b"\n\n")
+        pieces = []
+        for event in events:
+            data = _payload(event)
+            if data is None:
+                continue
+            if data == b"[DONE]":
+                self.finished = True
+                continue
+            text = self.add(orjson.loads(data))
+            if text:
+                pieces.append(text)
+        return pieces
+
+    def close(self) -> None:
+        """The stream ended: refuse a cut-off one."""
+        if self.buffer.strip():
+            raise UpstreamError("upstream stream ended in the middle of an event")
+        if not self.finished:
+            raise UpstreamError(
+                "upstream stream ended before the answer did (no finish_reason, no [DONE])"
+            )
 
     def add(self, chunk: dict[str, Any]) -> str | None:
         """Take one chunk; its text, if any."""
@@ -215,17 +248,45 @@ class _TurnBuilder:
         choice = choices[0]
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
+            self.finished = True
         delta = choice.get("delta") or {}
         for part in delta.get("tool_calls") or ():
             call = self.calls.setdefault(part.get("index", len(self.calls)), ["", "", ""])
             function = part.get("function") or {}
             call[0] = part.get("id") or call[0]
-            call[1] += function.get("name") or ""
+            name = function.get("name") or ""
+            if name != call[1]:  # a name repeated on every delta is not appended again
+                call[1] += name
             call[2] += function.get("arguments") or ""
+        if delta.get("function_call"):
+            self.legacy_call = self.legacy_call or str(delta["function_call"].get("name") or "?")
         content = delta.get("content")
         return content if isinstance(content, str) else None
 
+    def add_completion(self, completion: dict[str, Any]) -> str | None:
+        """Take a whole (non-streamed) `chat.completion`; its text, if any."""
+        if "error" in completion and "choices" not in completion:
+            raise UpstreamError(f"upstream model failed: {_error_text(orjson.dumps(completion))}")
+        self.usage = completion.get("usage") or None
+        choice = completion["choices"][0]
+        self.finish_reason = choice.get("finish_reason") or "stop"
+        self.finished = True
+        message = choice.get("message") or {}
+        for index, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            arguments = function.get("arguments") or ""
+            self.calls[index] = [call.get("id") or "", function.get("name") or "", arguments]
+        if message.get("function_call"):
+            self.legacy_call = str(message["function_call"].get("name") or "?")
+        content = message.get("content")
+        return content if isinstance(content, str) and content else None
+
     def end(self) -> TurnEnd:
+        if self.legacy_call and not self.calls:
+            raise UpstreamError(
+                f"upstream asked for {self.legacy_call!r} with the legacy function_call, "
+                "not tool_calls; use a model or server that supports tools"
+            )
         usage = self.usage or {}
         return TurnEnd(
             calls=[_requested(*self.calls[index]) for index in sorted(self.calls)],
