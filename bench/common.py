@@ -37,6 +37,13 @@ RESULTS = ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL = "offline-model"
+HOLDING = {
+    "tool_policy": '{"getStringLength": "ask"}',
+    "approval_timeout_s": 3600,
+    "max_held_streams": 50_000,
+    "max_pending_sessions": 100_000,
+}
+"""Replica settings of the benchmarks that hold sessions for approval."""
 
 
 def raise_fd_limit() -> int:
@@ -171,6 +178,11 @@ class Topology:
         process = self._start(f"gateway-{port}", python_module("gateway", "--port", str(port)), env)
         wait_http(f"http://127.0.0.1:{port}/readyz", process)
         return f"http://127.0.0.1:{port}", process
+
+    def start_holding_replicas(self, count: int) -> list[str]:
+        """`count` replicas whose policy holds getStringLength for approval, with room for
+        tens of thousands of pending sessions and a deadline no benchmark reaches."""
+        return [self.start_gateway(**HOLDING)[0] for _ in range(count)]
 
     def start_worker(self, **settings: Any) -> Process:
         env = {**self.env, **{f"GATEWAY_WORKER__{k.upper()}": str(v) for k, v in settings.items()}}

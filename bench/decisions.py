@@ -25,7 +25,6 @@ from redis.asyncio import Redis
 
 from bench.common import SSEStream, Topology, command_line, main_guard, percentile, save, table
 
-POLICY = '{"getStringLength": "ask"}'
 DECISION = b'{"decision":"approve"}'
 
 
@@ -114,12 +113,7 @@ async def main(args: argparse.Namespace) -> None:
     with Topology() as topology:
         server = topology.start_redis()
         topology.start_model()
-        settings = {
-            "tool_policy": POLICY,
-            "approval_timeout_s": 3600,
-            "max_pending_sessions": 100_000,
-        }
-        replicas = [topology.start_gateway(**settings)[0] for _ in range(3)]
+        replicas = topology.start_holding_replicas(3)
         redis = Redis.from_url(server.url, decode_responses=True)
         needed = 500 + sum(int(r * args.seconds) for r in rates)
         opened = time.perf_counter()

@@ -35,7 +35,6 @@ from bench.common import (
 )
 
 PROMPT = "Please use getStringLength on 'resume {index}'"
-POLICY = '{"getStringLength": "ask"}'
 
 
 @dataclass(slots=True)
@@ -147,13 +146,7 @@ async def main(args: argparse.Namespace) -> None:
     with Topology() as topology:
         server = topology.start_redis()
         topology.start_model()
-        settings = {
-            "tool_policy": POLICY,
-            "approval_timeout_s": 3600,
-            "max_held_streams": 50_000,
-            "max_pending_sessions": 50_000,
-        }
-        replicas = [topology.start_gateway(**settings)[0] for _ in range(3)]
+        replicas = topology.start_holding_replicas(3)
         for _ in range(2):
             topology.start_worker(concurrency=32, block_ms=500)
         redis = Redis.from_url(server.url)
