@@ -151,8 +151,9 @@ return status
 # KEYS[1] session hash
 # ARGV[1] space-separated statuses allowed to start from; ARGV[2] runner id;
 # ARGV[3] fencing token (0 when the continuation runs without a lease)
-# Returns {'ok', {call ids to queue}, hash} or {'refused', status, hash} (the session
-# as it is now, saving the caller a read), or {'not_found'}.
+# Returns {'ok', {call ids to queue}, hash, status before} or {'refused', status, hash}
+# (the session as it is now, saving the caller a read; empty while it is pending), or
+# {'not_found'}.
 BEGIN_RUN = (
     _HELPERS
     + """
@@ -167,6 +168,8 @@ local again = status == 'running' and redis.call('HGET', key, 'runner') == ARGV[
   and token == held_token
 takeover = takeover or again
 if not takeover and not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
+  -- Still pending is the common refusal (a holder checking after a wake-up): keep it small.
+  if status == 'pending' then return {'refused', status, {}} end
   return {'refused', status, redis.call('HGETALL', key)}
 end
 local queued = {}
@@ -178,7 +181,7 @@ for _, id in ipairs(call_ids(key)) do
   end
 end
 redis.call('HSET', key, 'status', 'running', 'runner', ARGV[2], 'runner_token', token)
-return {'ok', queued, redis.call('HGETALL', key)}
+return {'ok', queued, redis.call('HGETALL', key), status}
 """
 )
 

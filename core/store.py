@@ -41,6 +41,18 @@ def new_session_id() -> str:
     return "as_" + secrets.token_hex(16)
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What `SessionStore.begin_run` found and did."""
+
+    queued: list[str] | None
+    """The call ids to queue now; None when the claim was refused."""
+    status: SessionStatus
+    """The session's status when asked: a claim of an `expired` one runs no call."""
+    record: SessionRecord | None
+    """The session after the claim; None only when it was refused as still pending."""
+
+
 class SessionStore:
     """Reads and changes approval sessions; every change is one atomic script."""
 
@@ -84,11 +96,6 @@ class SessionStore:
         if not fields:
             raise SessionNotFound(f"no approval session {session_id!r}")
         return SessionRecord.from_hash(fields, view_only=view_only)
-
-    async def status(self, session_id: str) -> SessionStatus | None:
-        """The session's status alone (None when there is no such session): one small read."""
-        status = await self.redis.hget(self.keys.session(session_id), "status")
-        return SessionStatus(str(status)) if status is not None else None
 
     async def list_pending(self, limit: int = 100) -> list[ApprovalSession]:
         """Pending sessions, soonest deadline first."""
@@ -196,11 +203,8 @@ class SessionStore:
         )
         return ids
 
-    async def begin_run(
-        self, session_id: str, runner: str, token: int = 0
-    ) -> tuple[list[str] | None, SessionRecord]:
-        """Claim the continuation of a decided session: the call ids to queue (None if it is
-        taken) and the session as it is after the claim, in one round trip.
+    async def begin_run(self, session_id: str, runner: str, token: int = 0) -> Claim:
+        """Claim the continuation of a decided session, in one round trip (see `Claim`).
 
         A `token` above the one that claimed it last takes over a running session.
         """
@@ -210,9 +214,12 @@ class SessionStore:
         )
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
-        flat = rest[1]
-        record = SessionRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-        return (list(rest[0]) if outcome == "ok" else None), record
+        if outcome == "refused":
+            status = SessionStatus(rest[0])
+            record = SessionRecord.from_hash(_pairs(rest[1])) if rest[1] else None
+            return Claim(None, status, record)
+        record = SessionRecord.from_hash(_pairs(rest[1]))
+        return Claim(list(rest[0]), SessionStatus(rest[2]), record)
 
     async def finish(self, session_id: str, target: SessionStatus) -> bool:
         """Move a running session to `completed` or `failed`; False if it was not running."""

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.audit import AuditEntry, AuditLog
-from core.errors import DecisionConflict, Overloaded, RedisUnavailable, SessionNotFound
+from core.errors import DecisionConflict, Overloaded, RedisUnavailable
 from core.jobs import JobQueue
 from core.records import (
     CALL_DONE_STATUSES,
@@ -36,7 +36,7 @@ from core.records import (
     arguments_sha256,
 )
 from core.settings import PolicyMode, Settings
-from core.store import SessionStore, new_session_id
+from core.store import Claim, SessionStore, new_session_id
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, Waiter, WakeupHub
 from gateway.events import (
@@ -329,24 +329,29 @@ async def _decide_then_run(
     so the wake-up that ends the wait leads straight to the claim. Fills `conversation`
     as `run_tools` does."""
     async with engine.hub.watch(record.id) as waiter:
+        claim = None
         if record.status is SessionStatus.PENDING:
-            status = await _await_decision(engine, record, waiter)
-            if status is SessionStatus.EXPIRED:
-                yield ApprovalNotice((await _reread(engine, record)).view)
-        async for event in run_tools(engine, record.id, conversation, waiter, token):
+            claim = await _await_decision(engine, record, waiter, token)
+            if claim.status is SessionStatus.EXPIRED and claim.record is not None:
+                expired = claim.record.view.model_copy(update={"status": SessionStatus.EXPIRED})
+                yield ApprovalNotice(expired)
+        async for event in run_tools(engine, record.id, conversation, waiter, token, claim):
             yield event
 
 
-async def _await_decision(engine: Engine, record: SessionRecord, waiter: Waiter) -> SessionStatus:
-    """Hold until the session leaves `pending` (decided, or expired at its deadline); its
-    status then. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
-    (`gateway.runs`), so a held session costs one timer, its deadline, and each check is
-    one small read (the claim that follows a decision reads the whole session anyway)."""
+async def _await_decision(
+    engine: Engine, record: SessionRecord, waiter: Waiter, token: int
+) -> Claim:
+    """Hold until the session leaves `pending` (decided, or expired at its deadline), then
+    claim it. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
+    (`gateway.runs`), so a held session costs one timer, its deadline. Each check after a
+    wake-up *is* the claim (`BEGIN_RUN` refuses a pending session cheaply), so a decision
+    is one round trip away from its first event."""
     session_id, expires_at = record.id, record.view.expires_at
     engine.poller.add(session_id, waiter)  # the safety net under pub/sub
     try:
-        status = await _status(engine, session_id)
-        while status is SessionStatus.PENDING:
+        claim = await _try_claim(engine, session_id, token)
+        while claim.status is SessionStatus.PENDING:
             left = expires_at - time.time()
             if left <= 0:
                 with _redis_trouble_tolerated():
@@ -354,10 +359,10 @@ async def _await_decision(engine: Engine, record: SessionRecord, waiter: Waiter)
                 left = 0.05  # Redis's clock may lag ours by a little
             woken = await waiter.wait(left)
             if woken or time.time() >= expires_at:
-                status = await _status(engine, session_id)
+                claim = await _try_claim(engine, session_id, token)
     finally:
         engine.poller.discard(session_id, waiter)
-    return status
+    return claim
 
 
 async def run_tools(
@@ -366,14 +371,20 @@ async def run_tools(
     conversation: list[dict[str, Any]],
     waiter: Waiter,
     token: int = 0,
+    claim: Claim | None = None,
 ) -> AsyncIterator[Event]:
-    """Claim a decided session, queue its approved calls, and stream their progress.
+    """Claim a decided session (unless `claim` is the claim already made), queue its
+    approved calls, and stream their progress.
 
     Fills `conversation` with what the model is asked next: the session's messages, then
     exactly one tool message per call. A taking-over runner (`token`) finds a finished
     session's messages without running anything again.
     """
-    queued, record = await engine.store.begin_run(session_id, engine.runner_id, token)
+    if claim is None:
+        claim = await engine.store.begin_run(session_id, engine.runner_id, token)
+    queued, record = claim.queued, claim.record
+    if record is None:  # refused as pending: only a bug gets here
+        raise DecisionConflict(f"approval session {session_id!r} is still pending")
     conversation.extend(record.continuation.messages)
     if queued is None:
         if not token or record.status not in _FINISHED:
@@ -417,14 +428,15 @@ async def _await_results(
     yield record
 
 
-async def _status(engine: Engine, session_id: str) -> SessionStatus:
-    """The session's status; while Redis is unreachable, still pending (wait on)."""
+_STILL_PENDING = Claim(None, SessionStatus.PENDING, None)
+
+
+async def _try_claim(engine: Engine, session_id: str, token: int) -> Claim:
+    """Claim the session if it was decided; while Redis is unreachable, still pending (the
+    claim is safe to repeat: the same runner asking again gets the same answer)."""
     with _redis_trouble_tolerated():
-        status = await engine.store.status(session_id)
-        if status is None:
-            raise SessionNotFound(f"no approval session {session_id!r}")
-        return status
-    return SessionStatus.PENDING
+        return await engine.store.begin_run(session_id, engine.runner_id, token)
+    return _STILL_PENDING
 
 
 async def _reread(engine: Engine, last: SessionRecord) -> SessionRecord:

@@ -72,12 +72,17 @@ def test_every_status_is_in_the_transition_table_and_terminals_have_no_exit() ->
 
 async def test_running_can_only_start_from_a_decided_session(store: SessionStore) -> None:
     session_id = await new_session(store)
-    assert (await store.begin_run(session_id, "r1"))[0] is None  # pending: refused
+    refused = await store.begin_run(session_id, "r1")  # pending: refused, and cheaply
+    assert (refused.queued, refused.status, refused.record) == (None, SessionStatus.PENDING, None)
     await store.decide_all(session_id, "approve", "", "alice")
-    queued, record = await store.begin_run(session_id, "r1")
-    assert queued == ["call_0"]
-    assert record.status is SessionStatus.RUNNING
-    assert (await store.begin_run(session_id, "r2"))[0] is None  # claimed once only
+    claim = await store.begin_run(session_id, "r1")
+    assert claim.queued == ["call_0"] and claim.status is SessionStatus.APPROVED
+    assert claim.record is not None and claim.record.status is SessionStatus.RUNNING
+    again = await store.begin_run(session_id, "r1")  # a lost reply, asked again: same answer
+    assert again.queued == ["call_0"]
+    taken = await store.begin_run(session_id, "r2")  # claimed once only
+    assert taken.queued is None and taken.status is SessionStatus.RUNNING
+    assert taken.record is not None
     assert (await store.get(session_id)).status is SessionStatus.RUNNING
     assert not await store.finish(new_session_id(), SessionStatus.COMPLETED)
     assert await store.finish(session_id, SessionStatus.COMPLETED)
