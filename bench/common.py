@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -313,6 +313,21 @@ def chat_body(prompt: str, *, usage: bool = False) -> dict[str, Any]:
     if usage:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+async def at_rate(rate: float, sends: Iterable[Coroutine[Any, Any, None]]) -> float:
+    """Start each of `sends` 1/`rate` s after the one before (open loop: no waiting for
+    replies), then wait for all; the seconds the starting took."""
+    tasks = []
+    started = time.perf_counter()
+    for index, send in enumerate(sends):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(send))
+    sent_s = time.perf_counter() - started
+    await asyncio.gather(*tasks)
+    return sent_s
 
 
 async def post_json(

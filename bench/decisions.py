@@ -23,7 +23,16 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from bench.common import SSEStream, Topology, command_line, main_guard, percentile, save, table
+from bench.common import (
+    SSEStream,
+    Topology,
+    at_rate,
+    command_line,
+    main_guard,
+    percentile,
+    save,
+    table,
+)
 
 DECISION = b'{"decision":"approve"}'
 
@@ -62,15 +71,8 @@ async def decide_at(
         latencies.append((time.perf_counter() - started) * 1000)
         statuses.append(response.status)
 
-    tasks = []
     started = time.perf_counter()
-    for index, session_id in enumerate(ids):
-        delay = started + index / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(index, session_id)))
-    sent_s = time.perf_counter() - started
-    await asyncio.gather(*tasks)
+    sent_s = await at_rate(rate, (one(index, id_) for index, id_ in enumerate(ids)))
     done_s = time.perf_counter() - started
     return {
         "rate": rate,

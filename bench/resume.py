@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from bench.common import (
     SSEStream,
     Topology,
+    at_rate,
     chat_body,
     command_line,
     main_guard,
@@ -108,15 +109,7 @@ async def one_rate(
             await response.read()
             statuses.append(response.status)
 
-    posts = []
-    started = time.perf_counter()
-    for i, held in enumerate(helds):
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        posts.append(asyncio.create_task(decide(held)))
-    await asyncio.gather(*posts)
-    sent_s = time.perf_counter() - started
+    sent_s = await at_rate(rate, (decide(held) for held in helds))
     await asyncio.wait_for(asyncio.gather(*readers), timeout=120)
     stop.set()
     await pinger

@@ -56,7 +56,7 @@ class RunLog:
         """A new lease, or None while another owner's lease is live."""
         token = await self._acquire(
             keys=[self.keys.lease(log_id), self.keys.fence(log_id)],
-            args=[owner, lease_ms, 0, self.retention_s],
+            args=[owner, lease_ms, self.retention_s],
         )
         return Lease(log_id, owner, int(token)) if token else None
 

@@ -266,23 +266,22 @@ redis.call('PUBLISH', ARGV[4], 'result')
 return 1
 """
 
-# Take or renew the lease on a held request's continuation.
+# Take the lease on a held request's continuation (`RENEW_LEASES` renews it).
 # KEYS[1] lease; KEYS[2] fence counter
-# ARGV[1] owner; ARGV[2] lease milliseconds; ARGV[3] the token the caller holds, or 0;
-# ARGV[4] how long the fence counter is kept (seconds; renewed at each new lease)
+# ARGV[1] owner; ARGV[2] lease milliseconds;
+# ARGV[3] how long the fence counter is kept (seconds; renewed at each new lease)
 # Returns the caller's fencing token, or 0 when another owner holds a live lease.
 ACQUIRE_LEASE = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local owner, held = string.match(current, '^(.*) (%d+)$')
-  -- A first acquire retried after a lost reply finds its own lease: same answer again.
-  if owner ~= ARGV[1] or (ARGV[3] ~= '0' and held ~= ARGV[3]) then return 0 end
+  -- An acquire retried after a lost reply finds its own lease: same answer again.
+  if owner ~= ARGV[1] then return 0 end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return tonumber(held)
 end
-if ARGV[3] ~= '0' then return 0 end
 local token = redis.call('INCR', KEYS[2])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 return token
 """

@@ -207,10 +207,6 @@ class StatusPoller:
         self._slice_size = slice_size
         self._waiting: dict[str, set[Waiter]] = {}
 
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     def add(self, session_id: str, waiter: Waiter) -> None:
         """Wake `waiter` when a poll finds the session no longer pending (until `discard`)."""
         self._waiting.setdefault(session_id, set()).add(waiter)

@@ -67,7 +67,11 @@ class ChunkWriter:
         """A content chunk differs from the next only by its text: encode the rest once
         (on first use: a stream held on approval may never send content)."""
         head, tail = orjson.dumps(self.chunk({"content": ""})).split(b'"content":""', 1)
-        return head + b'"content":', tail + b"\n\n"
+        return head + b'"content":', tail
+
+    def _content_payload(self, text: str) -> bytes:
+        head, tail = self._content_template
+        return head + orjson.dumps(text) + tail
 
     def chunk(
         self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any
@@ -94,19 +98,14 @@ class ChunkWriter:
         """The first event of every stream."""
         return frame(seq, orjson.dumps(self.chunk({"role": "assistant", "content": ""})))
 
-    def content(self, seq: int, text: str) -> bytes:
-        """A `ContentDelta` as SSE: the hot path, one `orjson.dumps` of the text."""
-        head, tail = self._content_template
-        return b"id: %d\ndata: %b%b%b" % (seq, head, orjson.dumps(text), tail)
-
     def contents(self, after: int, pieces: list[str]) -> bytes:
-        """Pieces as consecutive content chunks numbered from `after` + 1, in one write."""
-        return b"".join([self.content(seq, piece) for seq, piece in enumerate(pieces, after + 1)])
+        """Pieces as consecutive content chunks numbered from `after` + 1, in one write:
+        the hot path, one `orjson.dumps` of each text."""
+        numbered = enumerate(pieces, after + 1)
+        return b"".join([frame(seq, self._content_payload(piece)) for seq, piece in numbered])
 
     def render(self, seq: int, event: LoggedEvent) -> bytes:
         """One event as SSE, every `data:` carrying the event's `id:`."""
-        if type(event) is ContentDelta:
-            return self.content(seq, event.text)
         return b"".join(frame(seq, payload) for payload in self._payloads(event))
 
     def reattach(self, event: Reattach) -> bytes:
@@ -117,7 +116,7 @@ class ChunkWriter:
     def _payloads(self, event: LoggedEvent) -> list[bytes]:
         match event:
             case ContentDelta(text):
-                return [orjson.dumps(self.chunk({"content": text}))]
+                return [self._content_payload(text)]
             case ApprovalNotice(session):
                 return [orjson.dumps(self.chunk({}, approval=session.model_dump(mode="json")))]
             case ToolEvent():

@@ -92,8 +92,8 @@ async def _stream(
             if isinstance(event, ApprovalNotice) and event.session.status is SessionStatus.PENDING:
                 # From here on the request is a run; it goes on if this client goes away.
                 run = await runs.start(event, events, seq, meta)
-                async for item in run.listen(seq):
-                    yield render_item(chunks, item)
+                async for items in run.listen(seq):
+                    yield render_items(chunks, items)
                 return
             if isinstance(event, Heartbeat):
                 yield sse.HEARTBEAT
@@ -108,8 +108,12 @@ async def _stream(
     yield chunks.render(seq + 1, Ended())
 
 
-def render_item(chunks: ChunkWriter, item: Item) -> bytes:
-    """A run listener's item as SSE."""
+def render_items(chunks: ChunkWriter, items: list[Item]) -> bytes:
+    """What a run listener took at once, as SSE for one write."""
+    return b"".join(_render_item(chunks, item) for item in items)
+
+
+def _render_item(chunks: ChunkWriter, item: Item) -> bytes:
     if isinstance(item, Heartbeat):
         return sse.HEARTBEAT
     if isinstance(item, tuple):

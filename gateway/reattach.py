@@ -17,7 +17,7 @@ from core.errors import InvalidRequest, NoStream, Unavailable
 from gateway import sse
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
-from gateway.completions import render_item
+from gateway.completions import render_items
 from gateway.conversation import Engine
 from gateway.events import Ended, Reattach, from_json
 from gateway.runs import RunRegistry
@@ -67,8 +67,8 @@ async def _follow(
                 if isinstance(event, Ended):
                     return
             if run is not None:
-                async for item in run.listen(cursor):
-                    yield render_item(chunks, item)
+                async for items in run.listen(cursor):
+                    yield render_items(chunks, items)
                 return
             if runs.draining:
                 yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", cursor))

@@ -63,18 +63,20 @@ class Listener:
         if self._future is not None and not self._future.done():
             self._future.set_result(None)
 
-    async def get(self, timeout: float) -> Item | None:  # noqa: ASYNC109 - bounded on purpose
-        """The next item, or None after `timeout` seconds without one."""
+    async def take(self, timeout: float) -> list[Item]:  # noqa: ASYNC109 - bounded on purpose
+        """Every item put since the last take (waiting for one), or [] after `timeout`
+        seconds without any: what arrived together is sent together."""
         if not self._items:
             self._future = asyncio.get_running_loop().create_future()
             try:
                 async with asyncio.timeout(timeout):
                     await self._future
             except TimeoutError:
-                return None
+                return []
             finally:
                 self._future = None
-        return self._items.pop(0)
+        items, self._items = self._items, []
+        return items
 
 
 class Run:
@@ -105,34 +107,31 @@ class Run:
     def stopping(self) -> bool:
         return self._stopping
 
-    def start(self, source: AsyncIterator[Event], first: LoggedEvent | None) -> None:
-        if first is not None:
-            self._publish(first)
-        else:
-            self._start_flusher()  # the meta fields
+    def start(self, source: AsyncIterator[Event], first: LoggedEvent) -> None:
+        self._publish(first)  # its flush writes the meta fields too
         self._drive_task = asyncio.create_task(self._drive(source), name=f"run-{self.log_id}")
 
-    async def listen(self, after: int) -> AsyncIterator[Item]:
-        """Events after `after` (from memory), then live ones, with heartbeats when idle."""
+    async def listen(self, after: int) -> AsyncIterator[list[Item]]:
+        """Events after `after` (from memory), then live ones as they come (all that came
+        together in one list), with a heartbeat when idle; ends after the last event."""
         listener = Listener()
-        backlog = [(seq, event) for seq, event in self.history if seq > after]
+        backlog: list[Item] = [(seq, event) for seq, event in self.history if seq > after]
         self.listeners.add(listener)
         try:
-            for logged in backlog:
-                yield logged
-            if backlog and isinstance(backlog[-1][1], Ended):
-                return
             interval = self.registry.engine.settings.heartbeat_interval_s
+            batch = backlog or await listener.take(interval)
             while True:
-                live = await listener.get(interval)
-                if live is None:
-                    yield Heartbeat()
-                    continue
-                yield live
-                if isinstance(live, Reattach) or (
-                    isinstance(live, tuple) and isinstance(live[1], Ended)
-                ):
-                    return
+                if not batch:
+                    yield [Heartbeat()]
+                for index, item in enumerate(batch):
+                    if isinstance(item, Reattach) or (
+                        isinstance(item, tuple) and isinstance(item[1], Ended)
+                    ):
+                        yield batch[: index + 1]
+                        return
+                if batch:
+                    yield batch
+                batch = await listener.take(interval)
         finally:
             self.listeners.discard(listener)
 
@@ -257,7 +256,7 @@ class RunRegistry:
             self._renewer = asyncio.create_task(self._renew_forever(), name="run-leases")
 
     async def _renew_forever(self) -> None:
-        """Renew every local run's lease in one round trip, three times per lease."""
+        """Renew every local run's lease three times per lease (`RunLog.renew_all`)."""
         while True:
             await asyncio.sleep(self.lease_ms / 3000)
             runs = [run for run in self.runs.values() if not run.stopping]

@@ -104,7 +104,6 @@ class WireUpstream:
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4),
                 headers=self._headers,
                 timeout=self._timeout,
-                auto_decompress=True,
             )
         return self._session
 
@@ -141,14 +140,13 @@ class WireUpstream:
                     text = turn.add_completion(orjson.loads(await response.read()))
                     if text:
                         yield [text]
-                    yield turn.end()
-                    return
-                # The hot loop: one call per network read, its text yielded at once.
-                async for block in response.content.iter_any():
-                    pieces = turn.feed(block)
-                    if pieces:
-                        yield pieces
-                turn.close()
+                else:
+                    # The hot loop: one call per network read, its text yielded at once.
+                    async for block in response.content.iter_any():
+                        pieces = turn.feed(block)
+                        if pieces:
+                            yield pieces
+                    turn.close()
         except (aiohttp.ClientError, TimeoutError) as error:
             raise UpstreamError(f"upstream model failed: {error!r}") from error
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as error:
