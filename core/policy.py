@@ -3,7 +3,10 @@
 A `Policy` holds a `ToolRule` per listed tool and a `default` rule for the
 rest; `Policy.load()` reads and checks the file at start (see docs/policy.md).
 An `ask_when` condition is parsed with `ast` and compiled to closures from a
-whitelist of node kinds; nothing is ever evaluated as Python code.
+whitelist of node kinds; nothing is ever evaluated as Python code. Regexes run on
+RE2 (linear time). A condition that cannot be evaluated for a call (a missing
+argument, operands of different JSON kinds) holds: policy fails closed, to `ask`.
+`Policy.verdict()` gives a call's mode with the reason an approver reads.
 
     ValueError
     ├── PolicyError      the policy file is unreadable or invalid
@@ -14,13 +17,14 @@ from __future__ import annotations
 
 import ast
 import operator
-import re
 import tomllib
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
+import re2
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -39,18 +43,6 @@ _Test = Callable[[Arguments], bool]
 
 MAX_REGEX_CHARS = 200
 FUNCTIONS = ("startswith", "matches")
-_MISSING = object()  # the value of an argument the call does not have
-
-_COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
-    ast.Eq: operator.eq,
-    ast.NotEq: operator.ne,
-    ast.Lt: operator.lt,
-    ast.LtE: operator.le,
-    ast.Gt: operator.gt,
-    ast.GtE: operator.ge,
-    ast.In: lambda item, container: item in container,
-    ast.NotIn: lambda item, container: item not in container,
-}
 _JSON_CONSTANTS = frozenset({"true", "false", "null", "none"})  # not argument names: a likely slip
 _LANGUAGE = (
     "conditions use and, or, not, comparisons (== != < <= > >= in, not in), argument names, "
@@ -66,12 +58,28 @@ class ConditionError(ValueError):
     """A condition that is not valid in the condition language."""
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What policy says about one call, and why, in words an approver reads."""
+
+    mode: PolicyMode
+    reason: str
+
+
 class _Rejected(Exception):
     """A part of a condition outside the language; `Condition` reports it as a ConditionError."""
 
     def __init__(self, node: ast.AST, reason: str) -> None:
         super().__init__(reason)
         self.node, self.reason = node, reason
+
+
+class _Undecidable(Exception):
+    """A reference is missing or operands are of different kinds: the condition holds."""
+
+
+class _Regex(Protocol):
+    def search(self, text: str) -> object | None: ...
 
 
 class Condition:
@@ -86,9 +94,17 @@ class Condition:
             where = "" if part == text.strip() else f" at {part!r}"
             raise ConditionError(f"condition {text!r}{where}: {exc.reason}") from None
 
+    def evaluate(self, arguments: Arguments) -> bool | None:
+        """The condition's value for a call's arguments, None when it cannot be evaluated
+        (docs/policy.md, "How values behave"); never raises."""
+        try:
+            return self._test(arguments)
+        except (_Undecidable, RecursionError):  # RecursionError: absurdly deep arguments
+            return None
+
     def holds(self, arguments: Arguments) -> bool:
-        """Whether the condition is true for a call's arguments; never raises."""
-        return self._test(arguments)
+        """Whether the condition holds: it is true, or cannot be evaluated (fail closed)."""
+        return self.evaluate(arguments) is not False
 
     def __repr__(self) -> str:
         return f"Condition({self.text!r})"
@@ -132,10 +148,11 @@ def _parse(text: str) -> ast.expr:
 
 
 def _compile_test(node: ast.expr) -> _Test:
+    # Every part is evaluated (no short cut), so an undecidable part is never skipped.
     if isinstance(node, ast.BoolOp):
         parts = [_compile_test(value) for value in node.values]
         combine = all if isinstance(node.op, ast.And) else any
-        return lambda arguments: combine(part(arguments) for part in parts)
+        return lambda arguments: combine([part(arguments) for part in parts])
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
         inner = _compile_test(node.operand)
         return lambda arguments: not inner(arguments)
@@ -144,11 +161,83 @@ def _compile_test(node: ast.expr) -> _Test:
     if isinstance(node, ast.Call):
         return _compile_call(node)
     value = _compile_operand(node)  # a bare operand is true when the argument is truthy
-    return lambda arguments: _truthy(value(arguments))
+    return lambda arguments: bool(value(arguments))
 
 
-def _truthy(value: Any) -> bool:
-    return value is not _MISSING and bool(value)
+def _kind(value: Any) -> str:
+    """A value's JSON kind: a bool is not a number; a list constant (a tuple) is an array."""
+    kind = _KINDS.get(type(value))
+    if kind is None:
+        raise _Undecidable  # not a value JSON arguments can hold
+    return kind
+
+
+_KINDS = {
+    type(None): "null",
+    bool: "boolean",
+    int: "number",
+    float: "number",
+    str: "string",
+    list: "array",
+    tuple: "array",
+    dict: "object",
+}
+
+
+def _same_kind(left: Any, right: Any) -> str:
+    kind = _kind(left)
+    if _kind(right) != kind:
+        raise _Undecidable
+    return kind
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """Equality of JSON values whose kinds agree at every depth (`[1]` is not `[True]`)."""
+    if _kind(left) != _kind(right):
+        return False
+    if isinstance(left, list | tuple):
+        return len(left) == len(right) and all(map(_json_equal, left, right))
+    if isinstance(left, Mapping):
+        same_keys = left.keys() == right.keys()
+        return same_keys and all(_json_equal(v, right[k]) for k, v in left.items())
+    return bool(left == right)
+
+
+def _equal(left: Any, right: Any) -> bool:
+    if left is None or right is None:  # always decidable: "is it null?"
+        return left is right
+    _same_kind(left, right)
+    return _json_equal(left, right)
+
+
+def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
+    def ordered(left: Any, right: Any) -> bool:
+        if _same_kind(left, right) not in ("number", "string"):
+            raise _Undecidable
+        return compare(left, right)
+
+    return ordered
+
+
+def _contains(item: Any, container: Any) -> bool:
+    kind = _kind(container)
+    if kind == "array":
+        return any(_json_equal(item, element) for element in container)
+    if kind in ("string", "object") and isinstance(item, str):
+        return item in container
+    raise _Undecidable
+
+
+_COMPARISONS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: _equal,
+    ast.NotEq: lambda left, right: not _equal(left, right),
+    ast.Lt: _ordered(operator.lt),
+    ast.LtE: _ordered(operator.le),
+    ast.Gt: _ordered(operator.gt),
+    ast.GtE: _ordered(operator.ge),
+    ast.In: _contains,
+    ast.NotIn: lambda item, container: not _contains(item, container),
+}
 
 
 def _compile_compare(node: ast.Compare) -> _Test:
@@ -161,19 +250,10 @@ def _compile_compare(node: ast.Compare) -> _Test:
 
     def holds(arguments: Arguments) -> bool:
         values = [operand(arguments) for operand in operands]
-        return all(map(_compare, compares, values, values[1:]))
+        # A list, not a generator: every link is evaluated, so none is skipped.
+        return all([test(a, b) for test, a, b in zip(compares, values, values[1:], strict=False)])
 
     return holds
-
-
-def _compare(compare: Callable[[Any, Any], Any], left: Any, right: Any) -> bool:
-    # A missing argument or a type mismatch (str < int) makes a comparison false.
-    if left is _MISSING or right is _MISSING:
-        return False
-    try:
-        return bool(compare(left, right))
-    except TypeError:
-        return False
 
 
 def _compile_call(node: ast.Call) -> _Test:
@@ -188,26 +268,37 @@ def _compile_call(node: ast.Call) -> _Test:
         prefix: str = literal.value
 
         def starts(arguments: Arguments) -> bool:
-            value = subject(arguments)
-            return isinstance(value, str) and value.startswith(prefix)
+            return _text(subject(arguments)).startswith(prefix)
 
         return starts
     pattern = _compile_regex(literal.value, literal)
 
     def matches(arguments: Arguments) -> bool:
-        value = subject(arguments)
-        return isinstance(value, str) and pattern.search(value) is not None
+        return pattern.search(_text(subject(arguments))) is not None
 
     return matches
 
 
-def _compile_regex(source: str, literal: ast.expr) -> re.Pattern[str]:
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Undecidable
+    return value
+
+
+def _compile_regex(source: str, literal: ast.expr) -> _Regex:
     if len(source) > MAX_REGEX_CHARS:
         raise _Rejected(literal, f"the regex is longer than {MAX_REGEX_CHARS} characters")
+    options = re2.Options()
+    options.log_errors = False  # a bad pattern is reported once, in the PolicyError
     try:
-        return re.compile(source)
-    except re.error as exc:
-        raise _Rejected(literal, f"bad regex: {exc}") from None
+        regex: _Regex = re2.compile(source, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "cannot compile"
+        if isinstance(reason, bytes):  # the binding reports RE2's message as bytes
+            reason = reason.decode(errors="replace")
+        hint = "RE2 syntax: no backreferences or look-arounds"
+        raise _Rejected(literal, f"bad regex ({hint}): {reason}") from None
+    return regex
 
 
 def _compile_operand(node: ast.expr) -> _Getter:
@@ -226,7 +317,7 @@ def _compile_reference(node: ast.expr) -> _Getter:
         value: Any = arguments
         for key in path:
             if not isinstance(value, Mapping) or key not in value:
-                return _MISSING
+                raise _Undecidable
             value = value[key]
         return value
 
@@ -280,14 +371,28 @@ class ToolRule(BaseModel):
     """Overrides the tool's `idempotent` metadata (safe to run again after a worker died)."""
     read_only: bool | None = None
     """Overrides the tool's `read_only` metadata; read-only tools default to `auto`."""
+    untrusted_output: bool | None = None
+    """Overrides the tool's `untrusted_output` metadata: its results may carry text the model
+    should not obey (web pages, emails, tickets); after one, calls that change things ask."""
     timeout_s: float | None = Field(default=None, gt=0)
     """Overrides the tool's `timeout_s` metadata and the worker's default."""
     approvers: list[str] = Field(default_factory=lambda: ["approver", "admin"], min_length=1)
     """Roles that may decide this tool's calls."""
 
     def asks(self, arguments: Arguments) -> bool:
-        """Whether an `ask_when` condition holds for these arguments."""
-        return any(condition.holds(arguments) for condition in self.ask_when)
+        """Whether an `ask_when` condition holds (or cannot be evaluated) for these arguments."""
+        return self.ask_reason(arguments) is not None
+
+    def ask_reason(self, arguments: Arguments) -> str | None:
+        """Why `ask_when` turns an auto call into ask: the first condition that holds or
+        cannot be evaluated; None when none does."""
+        for condition in self.ask_when:
+            value = condition.evaluate(arguments)
+            if value is None:
+                return f"ask_when could not be evaluated: {condition.text} (asks)"
+            if value:
+                return f"ask_when: {condition.text}"
+        return None
 
 
 class Policy(BaseModel):
@@ -341,19 +446,48 @@ class Policy(BaseModel):
         """The tool's rule, or the default rule when the policy does not list it."""
         return self.tools.get(name, self.default)
 
+    def verdict(
+        self,
+        name: str,
+        arguments: Arguments,
+        *,
+        read_only_tool: bool,
+        untrusted_context: bool = False,
+    ) -> Verdict:
+        """The mode for one call and why. `read_only_tool` is the tool's own `read_only`
+        metadata; `untrusted_context`: the conversation already holds a result of a tool
+        with `untrusted_output`. Only an `auto` verdict can still turn into `ask`."""
+        rule = self.rule_for(name)
+        read_only = read_only_tool if rule.read_only is None else rule.read_only
+        verdict = self._rule_verdict(name, read_only)
+        if verdict.mode is not PolicyMode.AUTO:
+            return verdict
+        if untrusted_context and not read_only:
+            reason = f"the conversation contains untrusted tool output; {name} is not read-only"
+            return Verdict(PolicyMode.ASK, reason)
+        asks = rule.ask_reason(arguments)
+        return verdict if asks is None else Verdict(PolicyMode.ASK, asks)
+
     def mode_for(self, name: str, arguments: Arguments, *, read_only_tool: bool) -> PolicyMode:
         """The mode for one call; `read_only_tool` is the tool's own `read_only` metadata."""
-        listed, rule = self.tools.get(name), self.rule_for(name)
-        read_only = read_only_tool if rule.read_only is None else rule.read_only
+        return self.verdict(name, arguments, read_only_tool=read_only_tool).mode
+
+    def _rule_verdict(self, name: str, read_only: bool) -> Verdict:
+        """The mode before `ask_when` and the untrusted context (docs/policy.md, Precedence)."""
+        listed = self.tools.get(name)
         if listed is not None and listed.mode is not None:
-            mode = listed.mode
-        elif read_only:
-            mode = PolicyMode.AUTO
-        else:
-            mode = self.default.mode or PolicyMode.ASK
-        if mode is PolicyMode.AUTO and rule.asks(arguments):
-            return PolicyMode.ASK
-        return mode
+            return Verdict(listed.mode, f"policy: {name} {_SAYS[listed.mode]}")
+        if read_only:
+            return Verdict(PolicyMode.AUTO, f"read-only: {_SAYS[PolicyMode.AUTO]}")
+        mode = self.default.mode or PolicyMode.ASK
+        return Verdict(mode, f"policy: default rule {_SAYS[mode]}")
+
+
+_SAYS = {
+    PolicyMode.AUTO: "runs without asking",
+    PolicyMode.ASK: "asks",
+    PolicyMode.DENY: "is denied",
+}
 
 
 def policy_from_settings(settings: Settings) -> Policy:

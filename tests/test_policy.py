@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from core.policy import (
     Policy,
     PolicyError,
     ToolRule,
+    Verdict,
     policy_from_settings,
 )
 from core.settings import PolicyMode, Settings
@@ -31,8 +33,15 @@ def chargeCard(amount: float) -> str:  # noqa: N802 - tool names are the model's
     return f"charged {amount}"
 
 
+@tool
+def fetchPage(url: str) -> str:  # noqa: N802
+    """Fetch a web page."""
+    return f"<html>{url}</html>"
+
+
 chargeCard.metadata = {"idempotent": True, "timeout_s": 7.0}
-TOOLS: list[BaseTool] = [*EXAMPLE_TOOLS, chargeCard]
+fetchPage.metadata = {"read_only": True, "untrusted_output": True}
+TOOLS: list[BaseTool] = [*EXAMPLE_TOOLS, chargeCard, fetchPage]
 
 
 def write_policy(tmp_path: Path, text: str) -> Path:
@@ -64,6 +73,7 @@ def test_a_valid_file_sets_every_field(tmp_path: Path) -> None:
         editable = false
         idempotent = false
         read_only = false
+        untrusted_output = true
         timeout_s = 2
         approvers = ["finance", "admin"]
         """,
@@ -77,6 +87,7 @@ def test_a_valid_file_sets_every_field(tmp_path: Path) -> None:
             editable=False,
             idempotent=False,
             read_only=False,
+            untrusted_output=True,
             timeout_s=2.0,
             approvers=["finance", "admin"],
         )
@@ -224,45 +235,91 @@ def test_each_construct_evaluates_like_python(
         "n.inner != 1",
     ],
 )
-def test_a_missing_argument_makes_the_test_false(text: str) -> None:
-    assert holds(text) is False
-    assert holds(text, other=1) is False
+def test_a_missing_argument_makes_the_condition_hold(text: str) -> None:
+    # Fail closed: a condition that cannot be evaluated asks, never lets the call run.
+    assert Condition(text).evaluate({}) is None
+    assert holds(text) is True
+    assert holds(text, other=1) is True
 
 
 def test_a_missing_nested_key_or_a_non_object_parent_is_missing() -> None:
-    assert holds("target.host != 'x'", target={"port": 1}) is False
-    assert holds("target.host != 'x'", target="db") is False
+    assert holds("target.host != 'x'", target={"port": 1}) is True
+    assert holds("target.host != 'x'", target="db") is True
+    assert holds("target.host != 'x'", target={"host": "y"}) is True  # decided: 'y' != 'x'
+    assert holds("target.host != 'x'", target={"host": "x"}) is False
 
 
-def test_not_negates_a_comparison_that_is_false_for_a_missing_argument() -> None:
-    assert holds("not n == 1") is True
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not n == 1",
+        "not (n == 1)",
+        "a == 2 and n == 1",  # `a == 2` is false: short-circuiting would decide the whole
+        "n == 1 and a == 2",
+        "not (a == 1 or n == 1)",
+        "0 < a < n",  # a chain evaluates every link
+    ],
+)
+def test_not_and_or_cannot_decide_a_condition_with_an_undecidable_part(text: str) -> None:
+    assert Condition(text).evaluate({"a": 1}) is None
+    assert holds(text, a=1) is True
 
 
 @pytest.mark.parametrize(
     ("text", "arguments"),
     [
+        ("amount > 100", {"amount": "5000"}),  # the tool would have coerced it to 5000
         ("n < 5", {"n": "3"}),
+        ("n == 3", {"n": "3"}),
+        ("n != 3", {"n": "3"}),
+        ("force == True", {"force": 1}),  # a bool is not a number
+        ("n > 0", {"n": True}),
         ("n >= 5", {"n": [1]}),
         ("n > 5", {"n": None}),
         ("n < 5", {"n": {"a": 1}}),
+        ("n < m", {"n": [1], "m": [2]}),  # only numbers and strings are ordered
+        ("n < m", {"n": False, "m": True}),
         ("'x' in n", {"n": 3}),
         ("'x' not in n", {"n": 3}),
         ("n in 'abc'", {"n": 1}),
+        ("1 in n", {"n": {"1": True}}),  # an object's keys are strings
         ("startswith(n, 'x')", {"n": 123}),
         ("matches(n, '.*')", {"n": ["x"]}),
         ("n.inner == 1", {"n": [1]}),
     ],
 )
-def test_a_type_mismatch_makes_the_test_false_without_raising(
+def test_operands_of_different_kinds_make_the_condition_hold(
     text: str, arguments: dict[str, Any]
 ) -> None:
-    assert Condition(text).holds(arguments) is False
+    assert Condition(text).evaluate(arguments) is None
+    assert Condition(text).holds(arguments) is True
+
+
+@pytest.mark.parametrize(
+    ("text", "arguments", "expected"),
+    [
+        ("n == None", {"n": "x"}, False),
+        ("n != None", {"n": 0}, True),
+        ("n == None", {"n": None}, True),
+        ("n in [1, 2]", {"n": "1"}, False),  # anything may be looked for in a list
+        ("n not in ['a']", {"n": 3}, True),
+        ("n in [1, 2]", {"n": True}, False),  # JSON's true is not 1
+        ("'k' in o", {"o": {"k": 1}}, True),
+        ("'z' in o", {"o": {"k": 1}}, False),
+        ("x == [1, 2]", {"x": [True, 2]}, False),  # two arrays: decided, element by element
+        ("n < 'b'", {"n": "a"}, True),
+    ],
+)
+def test_null_tests_and_list_membership_are_always_decidable(
+    text: str, arguments: dict[str, Any], expected: bool
+) -> None:
+    assert Condition(text).evaluate(arguments) is expected
 
 
 def test_names_are_only_ever_the_calls_arguments() -> None:
     # `open` and `len` here are argument names, not Python's builtins.
     assert holds("open == 1 and len == 'x'", open=1, len="x") is True
-    assert holds("open == 1") is False
+    assert holds("open == 1", open=2) is False
 
 
 @pytest.mark.parametrize(
@@ -304,6 +361,32 @@ def test_constructs_outside_the_language_are_rejected_at_load(text: str, mention
         Condition(text)
     message = str(caught.value)
     assert message.startswith(f"condition {text!r}") and mentions in message
+
+
+def test_a_regex_runs_in_linear_time_on_an_argument_built_to_defeat_backtracking() -> None:
+    condition = Condition("matches(text, '(a+)+$')")
+    assert condition.holds({"text": "aaa"}) is True
+    hostile = {"text": "a" * 5000 + "!"}
+    started = time.perf_counter()
+    assert condition.holds(hostile) is False
+    # Python's `re` took 6 s on 28 characters of this; RE2 does not backtrack.
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_regex_re2_cannot_run_is_refused_at_load_naming_file_tool_and_field(
+    tmp_path: Path,
+) -> None:
+    path = write_policy(
+        tmp_path,
+        r"""
+        [tools.getStringLength]
+        ask_when = ["text == 'x'", '''matches(text, r'(\w+) \1')''', "matches(text, 'a(?=b)')"]
+        """,
+    )
+    backreference, lookahead = load_error(path).splitlines()
+    assert backreference.startswith(f"{path}: {GET_LENGTH}[1]'")
+    assert "bad regex" in backreference and "no backreferences" in backreference
+    assert lookahead.startswith(f"{path}: {GET_LENGTH}[2]'") and "bad regex" in lookahead
 
 
 def test_a_regex_may_be_at_most_200_characters() -> None:
@@ -391,6 +474,77 @@ def test_rule_idempotent_and_timeout_override_the_tools_metadata() -> None:
     assert plain.idempotent("chargeCard") and plain.timeout_s("chargeCard", 30.0) == 7.0
     assert not plain.idempotent("writeNote") and plain.timeout_s("writeNote", 30.0) == 30.0
     assert not plain.idempotent("noSuchTool")
+
+
+# Verdicts: the mode and why
+
+
+def test_a_verdict_says_why_a_call_got_its_mode() -> None:
+    policy = Policy(
+        tools={
+            "writeNote": ToolRule(mode=ASK),
+            "forbiddenTool": ToolRule(mode=DENY),
+            "chargeCard": ToolRule(mode=AUTO, ask_when=[Condition("amount > 100")]),
+        }
+    )
+
+    def verdict(name: str, arguments: dict[str, Any], read_only: bool = False) -> Verdict:
+        found = policy.verdict(name, arguments, read_only_tool=read_only)
+        assert policy.mode_for(name, arguments, read_only_tool=read_only) is found.mode
+        return found
+
+    assert verdict("writeNote", {}) == Verdict(ASK, "policy: writeNote asks")
+    assert verdict("forbiddenTool", {}) == Verdict(DENY, "policy: forbiddenTool is denied")
+    assert verdict("unlisted", {}) == Verdict(ASK, "policy: default rule asks")
+    assert verdict("unlisted", {}, read_only=True) == Verdict(
+        AUTO, "read-only: runs without asking"
+    )
+    assert verdict("chargeCard", {"amount": 5}) == Verdict(
+        AUTO, "policy: chargeCard runs without asking"
+    )
+    assert verdict("chargeCard", {"amount": 500}) == Verdict(ASK, "ask_when: amount > 100")
+    assert verdict("chargeCard", {"amount": "5000"}) == Verdict(
+        ASK, "ask_when could not be evaluated: amount > 100 (asks)"
+    )
+    denying = Policy(default=ToolRule(mode=DENY))
+    assert denying.verdict("x", {}, read_only_tool=False) == Verdict(
+        DENY, "policy: default rule is denied"
+    )
+
+
+# Untrusted tool output
+
+
+def test_after_untrusted_output_a_tool_that_is_not_read_only_asks() -> None:
+    policy = Policy(
+        tools={
+            "writeNote": ToolRule(mode=AUTO),
+            "lookupCapital": ToolRule(mode=AUTO, read_only=True),
+            "forbiddenTool": ToolRule(mode=DENY),
+            "deleteNote": ToolRule(mode=ASK),
+        }
+    )
+
+    def tainted(name: str, read_only: bool = False) -> Verdict:
+        return policy.verdict(name, {}, read_only_tool=read_only, untrusted_context=True)
+
+    assert policy.verdict("writeNote", {}, read_only_tool=False).mode is AUTO
+    assert tainted("writeNote") == Verdict(
+        ASK, "the conversation contains untrusted tool output; writeNote is not read-only"
+    )
+    assert tainted("lookupCapital") == Verdict(AUTO, "policy: lookupCapital runs without asking")
+    assert tainted("fetchPage", read_only=True) == Verdict(AUTO, "read-only: runs without asking")
+    assert tainted("forbiddenTool") == Verdict(DENY, "policy: forbiddenTool is denied")
+    assert tainted("deleteNote") == Verdict(ASK, "policy: deleteNote asks")
+
+
+def test_a_rule_untrusted_output_flag_overrides_the_tools_metadata() -> None:
+    plain = toolbox()
+    assert plain.untrusted_output("fetchPage") and not plain.untrusted_output("writeNote")
+    box = toolbox(
+        fetchPage=ToolRule(untrusted_output=False), writeNote=ToolRule(untrusted_output=True)
+    )
+    assert not box.untrusted_output("fetchPage") and box.untrusted_output("writeNote")
 
 
 def test_rules_for_tools_that_are_not_loaded_are_logged(caplog: pytest.LogCaptureFixture) -> None:
