@@ -1,8 +1,10 @@
 """`GET /v1/audit` and the `gateway-audit export` command.
 
 The API filters by session, tool, actor, event and time (`since`/`until`, unix seconds),
-pages with `after` (the last entry id seen) and returns at most `limit` entries in time
-order. Approvers see their own tenant's entries; admins see every tenant's.
+pages with `after` (the last entry id seen) and returns `limit` entries in time order, or
+a few more when entries of other tenants share the last one's id (so that `after` never
+skips them). Approvers read their own tenant's stream only; admins read every tenant's,
+merged, or one with `tenant`. The export writes every tenant's, or one with `--tenant`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import argparse
 import asyncio
 import re
 import sys
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -27,6 +28,9 @@ from gateway.conversation import Engine
 from gateway.requests import query_int
 
 _FILTERS = ("session", "tool", "actor", "event")
+_ENTRY_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+_MAX_ID_PART = 2**63 - 1
+_SECONDS = re.compile(r"([0-9]{1,12})(?:\.([0-9]+))?")
 
 
 async def list_audit(request: Request) -> JSONResponse:
@@ -35,43 +39,55 @@ async def list_audit(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
     params = request.query_params
     limit = query_int(params, "limit", 100, 1, 1000)
-    after = params.get("after")
-    if after is not None and not re.fullmatch(r"\d+-\d+", after):
-        raise InvalidRequest("after: must be an audit entry id like '1795611731579-0'")
+    after = _entry_id(params.get("after"))
     wanted = {name: params[name] for name in _FILTERS if params.get(name)}
-    if "admin" not in principal.roles:
-        wanted["tenant"] = principal.tenant
-    found: list[dict[str, Any]] = []
-    entries = engine.audit.entries(
+    admin = "admin" in principal.roles
+    found = await engine.audit.page(
+        tenant=(params.get("tenant") or None) if admin else principal.tenant,
         since_ms=_time_ms(params.get("since"), "since"),
         until_ms=_time_ms(params.get("until"), "until"),
         after=after,
+        limit=limit,
+        accept=lambda entry: all(entry.get(name) == value for name, value in wanted.items()),
     )
-    async for entry in entries:
-        if all(entry.get(name) == value for name, value in wanted.items()):
-            found.append(entry)
-            if len(found) == limit:
-                break
     last = found[-1]["id"] if found else None
     return JSONResponse({"object": "list", "data": found, "last_id": last})
 
 
-def _time_ms(raw: str | None, name: str) -> int | None:
+def _entry_id(raw: str | None) -> str | None:
+    """`after` as a stream id Redis takes (two parts of ASCII digits, each within int64)."""
     if raw is None:
         return None
-    try:
-        return int(float(raw) * 1000)
-    except ValueError as error:
-        raise InvalidRequest(f"{name}: must be a unix time in seconds") from error
+    found = _ENTRY_ID.fullmatch(raw)
+    if found is None or any(int(part) > _MAX_ID_PART for part in found.groups()):
+        raise InvalidRequest("after: must be an audit entry id like '1795611731579-0'")
+    millis, seq = (int(part) for part in found.groups())
+    return f"{millis}-{seq}"
 
 
-async def export(settings: Settings, since: float | None, until: float | None) -> int:
-    """Write the audit stream as JSON lines to stdout; returns how many entries."""
+def _time_ms(raw: str | None, name: str) -> int | None:
+    """`since`/`until` (unix seconds, plain decimal: no sign, exponent, inf or nan) in ms."""
+    if raw is None:
+        return None
+    found = _SECONDS.fullmatch(raw)
+    if found is None:
+        raise InvalidRequest(f"{name}: must be a unix time in seconds, like 1795611731.5")
+    seconds, fraction = found.group(1), found.group(2) or ""
+    return int(seconds) * 1000 + int(fraction[:3].ljust(3, "0"))
+
+
+async def export(
+    settings: Settings, since: float | None, until: float | None, tenant: str | None = None
+) -> int:
+    """Write the audit log as JSON lines to stdout, every tenant's merged in time order (or
+    one `tenant`'s); returns how many entries."""
     redis = connect(settings, "gateway-audit")
-    audit = AuditLog(redis, Keys(settings.key_prefix), settings.audit_maxlen)
+    keys = Keys(settings.key_prefix)
+    audit = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
     written = 0
     try:
         entries = audit.entries(
+            tenant=tenant,
             since_ms=None if since is None else int(since * 1000),
             until_ms=None if until is None else int(until * 1000),
         )
@@ -85,14 +101,15 @@ async def export(settings: Settings, since: float | None, until: float | None) -
 
 
 def main() -> None:
-    """`gateway-audit export [--since T] [--until T] > audit.jsonl`."""
+    """`gateway-audit export [--since T] [--until T] [--tenant NAME] > audit.jsonl`."""
     parser = argparse.ArgumentParser(description="Approval gateway audit log")
     commands = parser.add_subparsers(dest="command", required=True)
     exporter = commands.add_parser("export", help="write the audit log as JSON lines")
     exporter.add_argument("--since", type=float, help="unix seconds (inclusive)")
     exporter.add_argument("--until", type=float, help="unix seconds (inclusive)")
+    exporter.add_argument("--tenant", help="only this tenant's entries (default: every tenant)")
     args = parser.parse_args()
-    count = asyncio.run(export(Settings(), args.since, args.until))
+    count = asyncio.run(export(Settings(), args.since, args.until, args.tenant))
     print(f"exported {count} audit entries", file=sys.stderr)
 
 

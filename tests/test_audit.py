@@ -10,13 +10,30 @@ from typing import Any
 import httpx
 import orjson
 
-from tests.clients import HeldStream, decide, decide_calls
+from gateway.auth import hash_key
+from tests.clients import HeldStream, bearer, decide, decide_calls
 from tests.conftest import Replica, StackFactory
 from tests.processes import ROOT
+
+# name: (tenant, roles); each key is "key-<name>"
+KEYS = {
+    "acme-requester": ("acme", ["requester"]),
+    "acme-approver": ("acme", ["approver"]),
+    "globex-requester": ("globex", ["requester"]),
+    "root": ("ops", ["admin"]),
+}
 
 
 def audit(replica: Replica, **filters: str) -> list[dict[str, Any]]:
     response = httpx.get(f"{replica.url}/v1/audit", params=filters, timeout=10)
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+def audit_as(replica: Replica, name: str, **filters: str) -> list[dict[str, Any]]:
+    headers = bearer(f"key-{name}")
+    response = httpx.get(f"{replica.url}/v1/audit", params=filters, headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     data: list[dict[str, Any]] = response.json()["data"]
     return data
@@ -101,3 +118,51 @@ def test_the_export_command_writes_json_lines(make_stack: StackFactory) -> None:
     assert {e["event"] for e in lines} >= {"requested", "decided"}
     assert all(e["session"] == approval["id"] for e in lines if e["event"] == "requested")
     assert f"exported {len(lines)} audit entries" in exported.stderr.decode()
+
+
+def test_an_approver_reads_its_own_tenant_and_an_admin_and_the_export_read_every_tenant(
+    make_stack: StackFactory,
+) -> None:
+    api_keys = [
+        {"sha256": hash_key(f"key-{name}"), "name": name, "tenant": tenant, "roles": roles}
+        for name, (tenant, roles) in KEYS.items()
+    ]
+    stack = make_stack(api_keys=orjson.dumps(api_keys).decode())
+    replica = stack.replicas[0]
+    held = {
+        tenant: HeldStream(
+            replica.url, f"use getStringLength on '{tenant}'", f"key-{tenant}-requester"
+        )
+        for tenant in ("acme", "globex")
+    }
+    sessions = {tenant: stream.wait_pending()["id"] for tenant, stream in held.items()}
+
+    def tenants_of(entries: list[dict[str, Any]]) -> dict[str, set[str]]:
+        return {
+            tenant: {e["session"] for e in entries if e["tenant"] == tenant}
+            for tenant in {e["tenant"] for e in entries}
+        }
+
+    assert tenants_of(audit_as(replica, "acme-approver")) == {"acme": {sessions["acme"]}}
+    # An approver naming another tenant still reads only its own.
+    assert tenants_of(audit_as(replica, "acme-approver", tenant="globex")) == {
+        "acme": {sessions["acme"]}
+    }
+    every = tenants_of(audit_as(replica, "root"))
+    assert every == {"acme": {sessions["acme"]}, "globex": {sessions["globex"]}}
+    assert tenants_of(audit_as(replica, "root", tenant="globex")) == {
+        "globex": {sessions["globex"]}
+    }
+    exported = subprocess.run(
+        [sys.executable, "-m", "gateway.audit", "export"],
+        env=stack.env(),
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    lines = [orjson.loads(line) for line in exported.stdout.splitlines()]
+    assert {e["tenant"] for e in lines} == {"acme", "globex"}
+    for tenant, stream in held.items():
+        assert decide(replica.url, sessions[tenant], "reject", key="key-root").status_code == 200
+        stream.wait()
