@@ -53,12 +53,23 @@ lint: $(STAMP)
 pytest: install
 	$(PY) -m pytest
 
+# docker-compose.yml must refuse to start without each secret, and be valid with them set.
+COMPOSE_SECRETS := GATEWAY_API_KEYS REDIS_PASSWORD
+COMPOSE_DUMMIES := GATEWAY_API_KEYS=dummy-keys REDIS_PASSWORD=dummy-password
+
 compose-config:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 	  echo "installing docker-compose (to validate docker-compose.yml)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q docker-compose; }
-	docker-compose -f docker-compose.yml config --quiet
-	@echo "docker-compose.yml is valid"
+	@for name in $(COMPOSE_SECRETS); do \
+	  out=$$( (export $(COMPOSE_DUMMIES); unset $$name; \
+	           docker-compose -f docker-compose.yml config --quiet) 2>&1 ) && { \
+	    echo "docker-compose.yml starts without $$name: it must refuse"; exit 1; }; \
+	  echo "$$out" | grep -q "$$name" || { echo "$$out"; exit 1; }; \
+	  echo "docker-compose.yml refuses to start without $$name, as it must"; \
+	done
+	$(COMPOSE_DUMMIES) docker-compose -f docker-compose.yml config --quiet
+	@echo "docker-compose.yml is valid with $(COMPOSE_SECRETS) set"
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -310,7 +310,7 @@ class KeepAlive:
     async def post(self, path: str, payload: bytes) -> int:
         """POST and read the whole response; its status."""
         self._writer.write(
-            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )

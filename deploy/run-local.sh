@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the whole product on this machine: a private Redis (unless GATEWAY_REDIS_URL is set),
 # the offline model (unless GATEWAY_UPSTREAM_BASE_URL is set), one worker, and the gateway on
-# port 8000 in the foreground. Ctrl-C stops everything.
+# port 8000 in the foreground. Ctrl-C stops everything. Without GATEWAY_API_KEYS the gateway
+# runs open, so it listens on 127.0.0.1 only (see docs/security-defaults.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

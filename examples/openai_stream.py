@@ -1,7 +1,8 @@
 """Stream a chat through the gateway with the official openai SDK and show the approval flow.
 
 Run `make run`, then `python examples/openai_stream.py`, and approve from another terminal:
-`curl -s localhost:8000/v1/approvals/<id>/decision -d '{"decision": "approve"}'`.
+`curl -s localhost:8000/v1/approvals/<id>/decision -H 'content-type: application/json' \
+-d '{"decision": "approve"}'`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main(base_url: str = "http://127.0.0.1:8000/v1") -> None:
             if approval["status"] == "pending":
                 print(
                     f"  decide: curl -s {base_url}/approvals/{approval['id']}/decision "
-                    """-d '{"decision": "approve"}'"""
+                    """-H 'content-type: application/json' -d '{"decision": "approve"}'"""
                 )
         if "tool_event" in extra:
             print(f"[tool {extra['tool_event']['type']}] {extra['tool_event']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from types import FrameType
 
 import uvicorn
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 
 from core.settings import Settings
 from gateway.app import create_app
+from gateway.hosts import is_loopback
 
 
 class DrainingServer(uvicorn.Server):
@@ -42,12 +44,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, help="override GATEWAY_PORT")
     args = parser.parse_args()
     settings = Settings()
+    host = args.host or settings.host
+    refusal = open_bind_refusal(settings, host)
+    if refusal:
+        sys.exit(refusal)
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, format=log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
-        host=args.host or settings.host,
+        host=host,
         port=args.port or settings.port,
         log_level="warning",
         loop="uvloop",
@@ -55,6 +61,19 @@ def main() -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
     )
     DrainingServer(config, app).run()
+
+
+def open_bind_refusal(settings: Settings, host: str) -> str | None:
+    """Why the gateway must not listen on `host`: open mode (no API keys) off loopback,
+    unless `allow_open_bind` says so; None when it may."""
+    if settings.api_keys or settings.allow_open_bind or is_loopback(host):
+        return None
+    return (
+        f"gateway: refusing to listen on {host!r} with no API keys configured: anyone who "
+        "can reach it could chat and approve tool calls. Set GATEWAY_API_KEYS (see README, "
+        "Authentication), listen on 127.0.0.1 (GATEWAY_HOST or --host), or set "
+        "GATEWAY_ALLOW_OPEN_BIND=true to serve it open anyway."
+    )
 
 
 if __name__ == "__main__":

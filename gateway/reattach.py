@@ -2,25 +2,31 @@
 
 Sends the run's events after `Last-Event-ID` (header, or `?last_event_id=`), then follows
 it live. When no replica holds the run's lease any more (its replica died or drained),
-this replica takes the run over and continues it.
+this replica takes the run over and continues it. Every such stream ends with `[DONE]`:
+after the run's last event, after a failure (an error event first), or at once when the
+client already has every event.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import InvalidRequest, NoStream, Unavailable
+from core.errors import NoStream, Unavailable
 from gateway import sse
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.completions import render_items
 from gateway.conversation import Engine
 from gateway.events import Ended, Reattach, from_json
+from gateway.requests import parse_int
 from gateway.runs import RunRegistry
+
+log = logging.getLogger(__name__)
 
 
 async def reattach(request: Request) -> Response:
@@ -42,16 +48,29 @@ async def reattach(request: Request) -> Response:
 
 
 def _last_event_id(request: Request) -> int:
+    # Within int64: the run log's stream ids (seq-1) take nothing larger.
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id", "0")
-    if not raw.isdigit():
-        raise InvalidRequest("Last-Event-ID: must be a non-negative integer")
-    return int(raw)
+    return parse_int(raw, "Last-Event-ID", 0, 2**63 - 1)
 
 
 async def _follow(
     engine: Engine, runs: RunRegistry, log_id: str, after: int, meta: ChunkMeta
 ) -> AsyncIterator[bytes]:
+    """The run's events after `after`, ending with `[DONE]` however the stream ends."""
     chunks = ChunkWriter(meta)
+    try:
+        async for part in _replay_and_follow(engine, runs, log_id, after, chunks):
+            yield part
+    except sse.STREAM_ERRORS as raised:
+        error = sse.as_gateway_error(raised)
+        log.warning("re-attach to %s ended by %s: %s", log_id, error.code, error.message)
+        # No `id:`: the client's last event id stays that of the last event it really got.
+        yield sse.data({"error": {"code": error.code, "message": error.message}}) + sse.DONE
+
+
+async def _replay_and_follow(
+    engine: Engine, runs: RunRegistry, log_id: str, after: int, chunks: ChunkWriter
+) -> AsyncIterator[bytes]:
     cursor = after
     settings = engine.settings
     async with engine.hub.watch(log_id) as waiter:
@@ -75,7 +94,9 @@ async def _follow(
                 return
             if not await runs.runlog.is_leased(log_id):
                 if (await runs.runlog.meta(log_id)).get("done"):
-                    return  # the run ended and the client has every event up to its end
+                    # The run ended and the client has every event up to its end.
+                    yield sse.DONE
+                    return
                 if await runs.take_over(log_id):
                     continue
             await waiter.wait(min(settings.reread_interval_s, next_beat - time.monotonic()))

@@ -79,10 +79,10 @@ def test_every_event_has_an_id_and_reattach_sends_exactly_the_missed_ones(
     # From the middle: only what follows the given id.
     later = reattach(replica.url, session_id, ids[2])
     assert [int(i) for i, _ in later] == [i for i in ids if i > ids[2]]
-    # After the end (an EventSource reconnects with the [DONE] id): nothing more, and the
-    # finished run is not taken over and run again.
+    # After the end (an EventSource reconnects with the [DONE] id): [DONE] again and nothing
+    # more, and the finished run is not taken over and run again.
     time.sleep(0.3)  # its lease is given back once the run ends
-    assert reattach(replica.url, session_id, ids[-1]) == []
+    assert reattach(replica.url, session_id, ids[-1]) == [("", "[DONE]")]
 
 
 def test_reattach_on_another_replica_follows_the_live_run(make_stack: StackFactory) -> None:
