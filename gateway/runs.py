@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator
 
 from redis.exceptions import RedisError
 
+from core.audit import AuditEntry
+from core.errors import GatewayError
+from core.records import SessionStatus
 from core.runlog import Lease, RunLog
 from gateway.chunks import ChunkMeta
 from gateway.conversation import Engine, resume
@@ -90,6 +93,8 @@ class Run:
         self.seq = seq
         """The sequence number of the last event; the next one gets seq + 1."""
         self.first_seq = seq + 1
+        self.session_id = lease.log_id
+        """The session of the run's latest tool round (the first one's id names the run)."""
         self.history: list[tuple[int, LoggedEvent]] = []
         self.listeners: set[Listener] = set()
         self._unflushed: list[tuple[int, bytes]] = []
@@ -165,7 +170,7 @@ class Run:
                     for piece in event.pieces:
                         self._publish(ContentDelta(piece))
                 elif isinstance(event, SessionOpened):
-                    self._meta_fields["session"] = event.session_id
+                    self._meta_fields["session"] = self.session_id = event.session_id
                 elif isinstance(event, Heartbeat):
                     continue  # each listener sends its own when idle
                 else:
@@ -174,10 +179,28 @@ class Run:
             error = as_gateway_error(raised)
             log.warning("run %s failed: %s", self.log_id, error.message)
             self._publish(StreamFailed(error.code, error.message))
+            await self._record_failure(error)
         self._meta_fields["done"] = "1"  # flushed with Ended: a finished run is never resumed
         self._publish(Ended())
         self.ended = True
         asyncio.get_running_loop().create_task(self.stop(hand_over=False))
+
+    async def _record_failure(self, error: GatewayError) -> None:
+        """A failed run's session (if it was running) is failed, and the audit log says why."""
+        engine = self.registry.engine
+        try:
+            await engine.store.finish(self.session_id, SessionStatus.FAILED)
+            record = await engine.store.get(self.session_id, view_only=True)
+            entry = AuditEntry(
+                "run_failed",
+                session=self.session_id,
+                actor=f"replica:{engine.runner_id}",
+                tenant=record.view.tenant,
+                detail={"code": error.code, "message": error.message[:500]},
+            )
+            await engine.audit.append([entry])
+        except (GatewayError, RedisError, OSError) as failure:
+            log.warning("run %s: recording its failure failed: %s", self.log_id, failure)
 
     def _publish(self, event: LoggedEvent) -> None:
         self.seq += 1
@@ -281,7 +304,11 @@ class RunRegistry:
             raise RuntimeError(f"run {notice.session.id} is leased already")
         run = Run(self, lease, seq, meta)
         self._track(run)
-        run.start(source, notice)
+        try:
+            run.start(source, notice)
+        except BaseException:
+            await run.stop(hand_over=False)  # gives the lease back: nothing renews it forever
+            raise
         return run
 
     async def take_over(self, log_id: str) -> Run | None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -13,8 +14,12 @@ from starlette.types import Receive, Scope, Send
 
 from core.errors import GatewayError, Overloaded, RedisUnavailable
 
-STREAM_ERRORS = (GatewayError, RedisConnectionError, RedisTimeoutError)
-"""What may end a stream that already started; anything else is a bug and propagates."""
+log = logging.getLogger(__name__)
+
+STREAM_ERRORS = (Exception,)
+"""What ends a stream that already started with an error event and `[DONE]`: anything but
+a cancellation. A bug or odd model output must still end the stream, never cut it off or
+leave it heartbeating; `as_gateway_error` logs what is not a `GatewayError`."""
 
 DONE = b"data: [DONE]\n\n"
 HEARTBEAT = b": heartbeat\n\n"
@@ -22,10 +27,13 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def as_gateway_error(error: Exception) -> GatewayError:
-    """One of `STREAM_ERRORS` as the gateway error a client is shown."""
+    """An error that ended a stream, as the gateway error its client is shown."""
     if isinstance(error, GatewayError):
         return error
-    return RedisUnavailable(f"redis is unavailable: {error}")
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        return RedisUnavailable(f"redis is unavailable: {error}")
+    log.error("a stream failed on an unexpected error", exc_info=error)
+    return GatewayError(f"the gateway failed ({type(error).__name__}); the details are in its log")
 
 
 def data(payload: Any) -> bytes:
@@ -40,19 +48,23 @@ class StreamSlots:
         self.limit = limit
         self.held = 0
 
-    def response(self, body: AsyncIterator[bytes]) -> StreamingResponse:
+    def response(
+        self, body: AsyncIterator[bytes], headers: Mapping[str, str] | None = None
+    ) -> StreamingResponse:
         """An SSE response that occupies one slot while it streams."""
         if self.held >= self.limit:
             raise Overloaded(f"this replica holds {self.held} streams, its limit")
         self.held += 1
-        return _SlotResponse(self, body)
+        return _SlotResponse(self, body, {**SSE_HEADERS, **(headers or {})})
 
 
 class _SlotResponse(StreamingResponse):
     """Gives its slot back when it is done, however it ends (no wrapper per chunk)."""
 
-    def __init__(self, slots: StreamSlots, body: AsyncIterator[bytes]) -> None:
-        super().__init__(body, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(
+        self, slots: StreamSlots, body: AsyncIterator[bytes], headers: Mapping[str, str]
+    ) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
         self._slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

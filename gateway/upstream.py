@@ -96,6 +96,7 @@ class WireUpstream:
             total=None, sock_connect=10.0, sock_read=settings.upstream_timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        self._max_bytes = settings.max_upstream_turn_bytes
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the serving event loop
@@ -127,17 +128,18 @@ class WireUpstream:
         }
         if tools:
             payload["tools"] = tools
-        turn = TurnBuilder()
+        turn = TurnBuilder(self._max_bytes)
         try:
             async with await self._post(orjson.dumps(payload)) as response:
                 if response.status != 200:
-                    body = await response.read()
+                    body = await response.content.read(4096)
                     raise UpstreamError(
                         f"upstream model failed: HTTP {response.status}: {_error_text(body)}"
                     )
                 if response.content_type == "application/json":
                     # Some servers will not stream once tools are offered: take the answer whole.
-                    text = turn.add_completion(orjson.loads(await response.read()))
+                    body = b"".join([block async for block in _bounded(response, self._max_bytes)])
+                    text = turn.add_completion(orjson.loads(body))
                     if text:
                         yield [text]
                 else:
@@ -162,6 +164,16 @@ class WireUpstream:
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as error:
             log.info("upstream connection failed (%r); trying a fresh one", error)
             return await self._client().post(self._url, data=body)
+
+
+async def _bounded(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[bytes]:
+    """The response body's blocks; `UpstreamError` once they exceed `limit` bytes."""
+    size = 0
+    async for block in response.content.iter_any():
+        size += len(block)
+        if size > limit:
+            raise UpstreamError(f"upstream answer is larger than {limit} bytes")
+        yield block
 
 
 def _payload(event: bytes) -> bytes | None:
@@ -194,9 +206,19 @@ class TurnBuilder:
     where a stream was asked for (`add_completion`).
     """
 
-    __slots__ = ("buffer", "calls", "finish_reason", "finished", "legacy_call", "usage")
+    __slots__ = (
+        "buffer",
+        "calls",
+        "finish_reason",
+        "finished",
+        "left",
+        "legacy_call",
+        "usage",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self.left = max_bytes
+        """How many more bytes the turn may take: a hostile upstream cannot fill memory."""
         self.buffer = b""
         self.calls: dict[int, list[str]] = {}
         """index -> [id, name, argument text so far]"""
@@ -208,6 +230,9 @@ class TurnBuilder:
 
     def feed(self, block: bytes) -> list[str]:
         """Take bytes of the SSE stream; the text of the events they complete."""
+        self.left -= len(block)
+        if self.left < 0:
+            raise UpstreamError("upstream answer is larger than the limit for one turn")
         buffer = self.buffer + block
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")
