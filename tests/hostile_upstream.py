@@ -83,9 +83,10 @@ class Script(BaseModel):
     rounds past its end with the default text."""
 
     def after(self, messages: list[Any], trailing: list[str]) -> Turn:
-        turns = self.after_tools if isinstance(self.after_tools, list) else [self.after_tools]
-        rounds = sum(1 for m in messages if isinstance(m, dict) and m.get("tool_calls"))
-        chosen = turns[rounds - 1] if 0 < rounds <= len(turns) else None
+        chosen = self.after_tools
+        if isinstance(chosen, list):
+            rounds = sum(1 for m in messages if isinstance(m, dict) and m.get("tool_calls"))
+            chosen = chosen[max(rounds, 1) - 1] if max(rounds, 1) <= len(chosen) else None
         return chosen or Turn(text="done: " + "; ".join(trailing))
 
 
