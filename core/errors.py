@@ -3,6 +3,8 @@
     GatewayError                500 internal_error
     ├── InvalidRequest          400 invalid_request
     │   ├── BodyTooLarge        413 body_too_large
+    │   ├── UnsupportedMediaType 415 unsupported_media_type
+    │   ├── InvalidHost         400 invalid_host
     │   ├── UnknownToolCall     400 unknown_tool_call
     │   └── InvalidArguments    400 invalid_arguments
     ├── Unauthorized            401 unauthorized
@@ -11,7 +13,8 @@
     │   └── EditRefused         403 edit_refused
     ├── SessionNotFound         404 session_not_found
     ├── DecisionConflict        409 decision_conflict
-    │   └── HashMismatch        409 hash_mismatch
+    │   ├── HashMismatch        409 hash_mismatch
+    │   └── WrongProtocol       409 wrong_protocol
     ├── NoStream                409 no_stream
     ├── SessionExpired          410 session_expired
     ├── UpstreamError           502 upstream_error
@@ -52,6 +55,19 @@ class BodyTooLarge(InvalidRequest):
 
     status_code = 413
     code = "body_too_large"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """A request body that is not declared `Content-Type: application/json`."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class InvalidHost(InvalidRequest):
+    """The `Host` header names a host this gateway does not serve (`allowed_hosts`)."""
+
+    code = "invalid_host"
 
 
 class UnknownToolCall(InvalidRequest):
@@ -110,6 +126,12 @@ class HashMismatch(DecisionConflict):
     """The decision was made on arguments other than the call's (a stale or tampered hash)."""
 
     code = "hash_mismatch"
+
+
+class WrongProtocol(DecisionConflict):
+    """The first version's approve was asked to decide a session of the OpenAI protocol."""
+
+    code = "wrong_protocol"
 
 
 class NoStream(GatewayError):

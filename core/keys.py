@@ -61,14 +61,30 @@ class Keys:
         """Stream of jobs given up on (attempts exhausted), kept for operators."""
         return f"{self.prefix}:jobs:dead"
 
-    @property
-    def audit(self) -> str:
-        """Stream of every approval event: requested, decided, granted, executed, expired..."""
-        return f"{self.prefix}:audit"
+    def audit_of(self, tenant: str) -> str:
+        """Stream of one tenant's approval events: requested, decided, executed, expired...
+        The tenant is hex-encoded (no two tenants share a stream, whatever their names);
+        events of no tenant ("") go to the system stream, `audit:system`."""
+        return f"{self.prefix}:audit:{tenant.encode().hex() or 'system'}"
 
-    def grant(self, tenant: str, conversation: str, tool: str, sha256: str) -> str:
-        """A standing approval of `tool` in one conversation (`sha256` "*" = any arguments)."""
-        return f"{self.prefix}:grant:{tenant}:{conversation}:{tool}:{sha256}"
+    @property
+    def audit_tenants(self) -> str:
+        """Set of the tenants that have an audit stream ("" for the system stream)."""
+        return f"{self.prefix}:audit-tenants"
+
+    def grant(self, scope: str, tool: str, sha256: str) -> str:
+        """A standing approval of `tool` for one requester in one conversation (`scope`, see
+        `core.grants.GrantScope.key_part`); `sha256` "*" covers any arguments."""
+        return f"{self.prefix}:grant:{scope}:{tool}:{sha256}"
+
+    @property
+    def conversation_secret(self) -> str:
+        """The deployment's key for signing the conversation ids it issues (made at first start)."""
+        return f"{self.prefix}:secret:conversations"
+
+    def pending_of(self, tenant: str) -> str:
+        """Sorted set of one tenant's pending session ids scored by deadline (its fair share)."""
+        return f"{self.prefix}:pending:{tenant.encode().hex()}"
 
     @property
     def jobs_group(self) -> str:

@@ -158,10 +158,16 @@ class ToolCall(BaseModel):
     """One call the model asked for, as fixed when the session was created."""
 
     id: str
+    """The gateway's id for the call, unique in the session (the model's id is not trusted)."""
     name: str
     arguments: dict[str, Any]
     arguments_sha256: str
     policy: PolicyMode
+    policy_reason: str = ""
+    """Why policy gave this mode (the rule, the condition, the untrusted context)."""
+    upstream_id: str = ""
+    """The id the model's history uses for this call: the model's own when it was present
+    and unique in its turn, else the gateway's. Used for nothing else."""
 
 
 class ToolCallView(ToolCall):
@@ -170,6 +176,15 @@ class ToolCallView(ToolCall):
     status: CallStatus
     decision: Decision | None = None
     result: ToolResult | None = None
+
+
+class Provenance(BaseModel):
+    """A tool result that was in the conversation before the session's calls."""
+
+    tool_call_id: str
+    name: str
+    untrusted: bool
+    """The tool's output may carry text the model should not obey (`untrusted_output`)."""
 
 
 class ApprovalSession(BaseModel):
@@ -186,7 +201,13 @@ class ApprovalSession(BaseModel):
     requester: str = "anonymous"
     """The API key (by name) whose request opened the session."""
     conversation: str = ""
-    """The conversation the request named (`X-Conversation-Id`), for grants."""
+    """The gateway-issued conversation id (`X-Conversation-Id`) that grants are scoped to."""
+    conversation_label: str = ""
+    """A conversation name the client chose itself: shown, never used for grants."""
+    tainted: bool = False
+    """Untrusted tool output was in the conversation before these calls."""
+    provenance: list[Provenance] = Field(default_factory=list)
+    """The tool results that came before these calls, oldest first (the last few)."""
     tool_calls: list[ToolCallView]
 
 
@@ -245,6 +266,9 @@ class SessionRecord(BaseModel):
             tenant=fields.get("tenant", "default"),
             requester=fields.get("requester", "anonymous"),
             conversation=fields.get("conversation", ""),
+            conversation_label=fields.get("conversation_label", ""),
+            tainted=fields.get("tainted") == "1",
+            provenance=_provenance(fields.get("provenance")),
             tool_calls=views,
         )
         continuation = (
@@ -269,6 +293,9 @@ def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -
         "tenant": session.tenant,
         "requester": session.requester,
         "conversation": session.conversation,
+        "conversation_label": session.conversation_label,
+        "tainted": "1" if session.tainted else "",
+        "provenance": orjson.dumps([p.model_dump() for p in session.provenance]).decode(),
         "calls": orjson.dumps(
             [c.model_dump(mode="json", include=_CALL_FIELDS) for c in session.tool_calls]
         ).decode(),
@@ -282,6 +309,10 @@ def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -
 
 
 _CALL_FIELDS = set(ToolCall.model_fields)
+
+
+def _provenance(raw: str | None) -> list[Provenance]:
+    return [Provenance.model_validate(p) for p in orjson.loads(raw)] if raw else []
 
 
 def _optional(model: type[_M], raw: str | None) -> _M | None:

@@ -41,7 +41,8 @@ end
 
 # Decide some calls of a session, each its own way (approve, reject, edit, respond).
 # Every item is checked before any is applied: one bad item changes nothing.
-# KEYS[1] session hash; KEYS[2] the deadline index (a decided session leaves it)
+# KEYS[1] session hash; KEYS[2] the deadline index and KEYS[3] the tenant's pending index
+#   (a decided session leaves both)
 # ARGV[1] JSON list of {id, kind, reason, expected (hash the approver saw, or ''),
 #   sha (hash of what may run, or ''), status (the call's new status), decision (JSON),
 #   result (ToolResult JSON for 'respond', or ''), content (the responded result or '')}
@@ -114,6 +115,7 @@ redis.call('HSET', key, unpack(writes))
 if settled then
   redis.call('PUBLISH', ARGV[2], 'decided')
   redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
 end
 local after = {}
 for field, value in pairs(f) do

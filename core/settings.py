@@ -108,7 +108,11 @@ class Settings(BaseSettings):
     """With none configured the gateway runs open (and says so in its log and /readyz)."""
     allow_self_approval: bool = False
     """Whether the key that requested a call may decide it (only with api_keys)."""
+    grant_max_ttl_s: int = Field(default=3600, ge=1, description="the longest a grant may last")
     audit_maxlen: int = Field(default=1_000_000, ge=1000, description="audit stream MAXLEN (~)")
+    audit_retention_s: int = Field(
+        default=30 * 24 * 3600, ge=60, description="audit entries older than this are trimmed"
+    )
     webhooks: list[WebhookTarget] = Field(default_factory=list)
     webhook_max_attempts: int = Field(default=8, ge=1)
 
@@ -127,11 +131,25 @@ class Settings(BaseSettings):
     max_tool_rounds: int = Field(default=8, ge=1)
     max_held_streams: int = Field(default=10_000, ge=1)
     max_pending_sessions: int = Field(default=10_000, ge=1)
+    max_pending_sessions_per_tenant: int = Field(
+        default=1_000, ge=1, description="one tenant's share of the pending sessions"
+    )
+    max_tool_calls_per_turn: int = Field(
+        default=16, ge=1, description="calls past this in one model turn are denied"
+    )
+    max_upstream_turn_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, description="bound on one upstream answer"
+    )
 
     # Gateway HTTP server
     host: str = "127.0.0.1"
     port: int = 8000
     shutdown_grace_s: int = Field(default=5, ge=0, description="bound on a replica's shutdown")
+    allow_open_bind: bool = False
+    """Let a gateway without `api_keys` (open mode) listen on a non-loopback address."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """`Host` values served (`gateway.example.com`, `*.example.com`, `127.0.0.1:8000`);
+    others get 400. Empty: any host, or in open mode only loopback ones."""
 
     offline: OfflineModelSettings = Field(default_factory=OfflineModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -86,6 +86,7 @@ class SessionStore:
             pipe.expire(key, ttl)
             if session.status is SessionStatus.PENDING:
                 pipe.zadd(self.keys.deadlines, {session.id: session.expires_at})
+                pipe.zadd(self.keys.pending_of(session.tenant), {session.id: session.expires_at})
             if self.audit is not None:
                 self.audit.add_to(pipe, audit)
             await pipe.execute()
@@ -107,9 +108,17 @@ class SessionStore:
         records = [SessionRecord.from_hash(r, view_only=True) for r in rows if r]
         return [r.view for r in records if r.status is SessionStatus.PENDING]
 
-    async def count_pending(self) -> int:
-        """How many sessions sit in the deadline index."""
-        return int(await self.redis.zcard(self.keys.deadlines))
+    async def count_pending(self, tenant: str) -> tuple[int, int]:
+        """How many sessions are pending: in all, and of `tenant`."""
+        of_tenant = self.keys.pending_of(tenant)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.deadlines)
+            # A session whose expiry was never recorded (a crash between two writes) stops
+            # counting against its tenant a minute after its deadline.
+            pipe.zremrangebyscore(of_tenant, "-inf", time.time() - 60)
+            pipe.zcard(of_tenant)
+            total, _, tenant_count = await pipe.execute()
+        return int(total), int(tenant_count)
 
     async def decide_all(
         self,
@@ -138,11 +147,11 @@ class SessionStore:
                 f"it has nothing left to {decision}"
             )
         items = [CallDecisionItem.build(call, decision, reason, actor) for call in targets]
-        outcome, after = await self.decide_calls(session_id, items)
+        outcome, after = await self.decide_calls(session_id, items, record.view.tenant)
         return outcome != "repeat", after
 
     async def decide_calls(
-        self, session_id: str, items: Sequence[CallDecisionItem]
+        self, session_id: str, items: Sequence[CallDecisionItem], tenant: str
     ) -> tuple[Literal["decided", "partial", "repeat"], SessionRecord]:
         """Decide some calls, each its own way, all or none; repeats are not errors.
 
@@ -151,7 +160,7 @@ class SessionStore:
         """
         payload = orjson.dumps([item.as_script_item() for item in items]).decode()
         outcome, *rest = await self._decide_calls(
-            keys=[self.keys.session(session_id), self.keys.deadlines],
+            keys=[self.keys.session(session_id), self.keys.deadlines, self.keys.pending_of(tenant)],
             args=[payload, self.keys.wakeup_channel(session_id), session_id],
         )
         if outcome == "not_found":
@@ -185,15 +194,19 @@ class SessionStore:
             await self._expired(session_id, now=True)
             return SessionStatus.EXPIRED
         if status != SessionStatus.PENDING:
-            await self.redis.zrem(self.keys.deadlines, session_id)
+            await self._expired(session_id, now=False)
         return SessionStatus(status)
 
     async def _expired(self, session_id: str, *, now: bool) -> None:
-        """Drop an expired session from the deadline index; audit it if it expired just now."""
+        """Drop a session that is no longer pending from the deadline indexes; audit its
+        expiry if it expired just now."""
+        tenant = str(await self.redis.hget(self.keys.session(session_id), "tenant") or "default")
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrem(self.keys.deadlines, session_id)
+            pipe.zrem(self.keys.pending_of(tenant), session_id)
             if now and self.audit is not None:
-                self.audit.add_to(pipe, [AuditEntry("expired", session=session_id)])
+                entry = AuditEntry("expired", session=session_id, tenant=tenant)
+                self.audit.add_to(pipe, [entry])
             await pipe.execute()
 
     async def overdue(self, limit: int = 100) -> list[str]:
@@ -281,25 +294,29 @@ class SessionStore:
 
 @dataclass(frozen=True, slots=True)
 class RunnableCall:
-    """What a worker runs: the approved arguments (edited ones when the approver edited)."""
+    """What a worker was handed: the session's call under that id, and its decision."""
 
     name: str
-    arguments: dict[str, Any]
-    approved_sha256: str
-    """The hash of the arguments as approved; the worker refuses to run anything else."""
+    arguments: Any
+    """The approved arguments (the edited ones when the approver edited)."""
+    decision: Decision | None
     tenant: str = "default"
+
+    @property
+    def approved_sha256(self) -> str:
+        """The hash of the arguments as approved ("" without an approval)."""
+        if self.decision is None or self.decision.decision not in ("approve", "edit"):
+            return ""
+        return self.decision.arguments_sha256
 
     @classmethod
     def of(
         cls, call: Mapping[str, Any], decision: Decision | None, tenant: str = "default"
     ) -> RunnableCall:
         arguments = call["arguments"]
-        approved = call["arguments_sha256"]
-        if decision is not None:
-            if decision.decision == "edit" and decision.arguments is not None:
-                arguments = decision.arguments
-            approved = decision.arguments_sha256 or approved
-        return cls(str(call["name"]), arguments, str(approved), tenant)
+        if decision is not None and decision.decision == "edit" and decision.arguments is not None:
+            arguments = decision.arguments
+        return cls(str(call["name"]), arguments, decision, tenant)
 
 
 _NOT_A_PERSON = frozenset({"policy", "grant", "deadline"})

@@ -3,7 +3,8 @@
 The gateway uses them for their schemas, the workers to run them, so both
 share one definition. A tool may carry `metadata` keys the gateway reads:
 `read_only` (runs without approval unless policy says otherwise),
-`idempotent`, and `timeout_s`; a policy rule's fields of the same names win.
+`idempotent`, `timeout_s` and `untrusted_output` (its results may carry text the
+model should not obey); a policy rule's fields of the same names win.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from core.policy import Policy, ToolRule, policy_from_settings
+from core.arguments import ArgumentChecker
+from core.policy import Policy, ToolRule, Verdict, policy_from_settings
 from core.settings import PolicyMode, Settings
 
 log = logging.getLogger(__name__)
 
-_RULE_METADATA = ("read_only", "idempotent", "timeout_s")  # rule fields that override metadata
+# Rule fields that override the tool's metadata of the same name.
+_RULE_METADATA = ("read_only", "idempotent", "timeout_s", "untrusted_output")
 
 
 class ToolBox:
@@ -31,6 +34,12 @@ class ToolBox:
         self.tools = {tool.name: tool for tool in tools}
         self.policy = policy
         self.schemas = [convert_to_openai_tool(tool) for tool in self.tools.values()]
+        # The schema the model is offered is the one its arguments must fit, strictly (it
+        # leaves out parameters LangChain injects, so the model can never set those).
+        self.checkers = {
+            schema["function"]["name"]: ArgumentChecker(schema["function"]["parameters"])
+            for schema in self.schemas
+        }
         if unknown := sorted(set(policy.tools) - set(self.tools)):
             # Harmless (unknown tools are denied), but often a typo in a tool name.
             log.warning("policy has rules for tools that are not loaded: %s", ", ".join(unknown))
@@ -47,10 +56,32 @@ class ToolBox:
         """The policy rule for a tool: its own, or the default rule."""
         return self.policy.rule_for(name)
 
+    def verdict(
+        self, name: str, arguments: Mapping[str, Any], *, untrusted_context: bool = False
+    ) -> Verdict:
+        """A call's mode and why (precedence in docs/policy.md). `untrusted_context`: the
+        conversation already holds output of an untrusted tool."""
+        read_only = bool(self._tool_metadata(name).get("read_only"))
+        return self.policy.verdict(
+            name, arguments, read_only_tool=read_only, untrusted_context=untrusted_context
+        )
+
     def mode_for(self, name: str, arguments: Mapping[str, Any] | None = None) -> PolicyMode:
         """A call's mode (precedence in docs/policy.md); `ask_when` turns `auto` into `ask`."""
-        read_only = bool(self._tool_metadata(name).get("read_only"))
-        return self.policy.mode_for(name, arguments or {}, read_only_tool=read_only)
+        return self.verdict(name, arguments or {}).mode
+
+    def check_arguments(self, name: str, arguments: object) -> dict[str, Any]:
+        """The call's arguments if they fit the tool's schema strictly (`ArgumentError`)."""
+        return self.checkers[name].check(arguments)
+
+    def untrusted_output(self, name: str) -> bool:
+        """Whether the tool's results may carry text the model should not obey; a tool
+        that is not loaded (a client's) takes its rule, or the default rule."""
+        return bool(self.metadata(name).get("untrusted_output"))
+
+    def read_only(self, name: str) -> bool:
+        """Whether the tool changes nothing (its metadata, or its rule's override)."""
+        return bool(self.metadata(name).get("read_only"))
 
     def metadata(self, name: str) -> Mapping[str, Any]:
         """The tool's metadata with the rule's `read_only`, `idempotent` and `timeout_s` over it."""

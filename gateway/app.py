@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from core.audit import AuditLog
 from core.connect import connect
 from core.errors import GatewayError, RedisUnavailable
+from core.grants import ConversationIds, Grants
 from core.jobs import JobQueue
 from core.keys import Keys
 from core.runlog import RunLog
@@ -32,6 +34,7 @@ from core.wakeups import StatusPoller, WakeupHub
 from gateway import approvals, audit, completions, health, legacy, reattach
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
+from gateway.hosts import HostGuard
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
@@ -58,7 +61,7 @@ def create_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings, f"gateway:{runner_id}")
-        audit_log = AuditLog(redis, keys, settings.audit_maxlen)
+        audit_log = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
         store = SessionStore(redis, keys, settings.session_retention_s, audit_log)
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
@@ -80,6 +83,8 @@ def create_app(settings: Settings) -> Starlette:
             upstream=upstream,
             runner_id=runner_id,
             audit=audit_log,
+            grants=Grants(redis, keys),
+            conversation_ids=await ConversationIds.load(redis, keys),
             webhooks=webhooks if settings.webhooks else None,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)
@@ -128,19 +133,39 @@ def create_app(settings: Settings) -> Starlette:
         RedisConnectionError: _redis_error,
         RedisTimeoutError: _redis_error,
         HTTPException: _http_error,
+        Exception: _unexpected_error,
     }
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers)
+    # Open mode serves loopback hosts only (DNS rebinding); `allowed_hosts` narrows any mode.
+    guard = Middleware(HostGuard, allowed=settings.allowed_hosts, respond=error_response)
+    middleware = [guard] if settings.allowed_hosts or authenticator.open else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers=exception_handlers,
+    )
+
+
+def error_response(path: str, error: GatewayError) -> JSONResponse:
+    """The one rendering of an error: the first version's shape on its paths."""
+    body = legacy.error_body(error) if path in LEGACY_PATHS else error.body()
+    return JSONResponse(body, status_code=error.status_code)
 
 
 async def _gateway_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, GatewayError)
-    body = legacy.error_body(error) if request.url.path in LEGACY_PATHS else error.body()
-    return JSONResponse(body, status_code=error.status_code)
+    return error_response(request.url.path, error)
 
 
 async def _redis_error(request: Request, error: Exception) -> Response:
     log.warning("redis unavailable: %s", error)
     return await _gateway_error(request, RedisUnavailable(f"redis is unavailable: {error}"))
+
+
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    # A bug: uvicorn logs the traceback after this; the client still gets JSON.
+    unexpected = GatewayError("the gateway failed unexpectedly; the error is logged")
+    return error_response(request.url.path, unexpected)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.errors import InvalidRequest
+from core.records import ApprovalSession
 from gateway import decisions
-from gateway.auth import principal_of
+from gateway.auth import Principal, principal_of
 from gateway.conversation import Engine
 from gateway.requests import DecisionRequest, query_int, read_json, validate
 
@@ -22,7 +25,7 @@ async def list_approvals(request: Request) -> JSONResponse:
         raise InvalidRequest("status: only 'pending' can be listed")
     limit = query_int(request.query_params, "limit", 100, 1, 1000)
     sessions = [s for s in await engine.store.list_pending(limit) if principal.sees(s)]
-    return JSONResponse({"object": "list", "data": [s.model_dump(mode="json") for s in sessions]})
+    return JSONResponse({"object": "list", "data": [shown(principal, s) for s in sessions]})
 
 
 async def get_approval(request: Request) -> JSONResponse:
@@ -31,7 +34,16 @@ async def get_approval(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
     record = await engine.store.get(request.path_params["session_id"], view_only=True)
     principal.require_sees(record.view)
-    return JSONResponse(record.view.model_dump(mode="json"))
+    return JSONResponse(shown(principal, record.view))
+
+
+def shown(principal: Principal, session: ApprovalSession) -> dict[str, Any]:
+    """A session as `principal` may see it: a requester sees the conversation id (what
+    grants are scoped to) of its own sessions only."""
+    view = session.model_dump(mode="json")
+    if principal.name != session.requester and not principal.has("approver"):
+        view["conversation"] = ""
+    return view
 
 
 async def decide(request: Request) -> JSONResponse:

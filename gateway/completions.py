@@ -37,6 +37,9 @@ from gateway.runs import Item, RunRegistry
 
 log = logging.getLogger(__name__)
 
+CONVERSATION_HEADER = "X-Conversation-Id"
+"""Response header with the conversation id grants are scoped to; send it back to keep them."""
+
 
 async def chat_completions(request: Request) -> Response:
     principal = principal_of(request)
@@ -48,6 +51,9 @@ async def chat_completions(request: Request) -> Response:
     engine.check_redis()
     body = validate(ChatCompletionRequest, await read_json(request, engine.settings.max_body_bytes))
     _check_limits(engine, body)
+    conversation, label = engine.conversation_ids.resolve(
+        request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
+    )
     ctx = ChatContext(
         model=body.model or engine.settings.upstream_model,
         protocol="openai",
@@ -58,15 +64,17 @@ async def chat_completions(request: Request) -> Response:
         logged=body.stream,
         tenant=principal.tenant,
         requester=principal.name,
-        conversation=request.headers.get("x-conversation-id", "")[:128],
+        conversation=conversation,
+        conversation_label=label,
     )
     events = converse(engine, ctx, [m.as_dict() for m in body.messages])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     meta = ChunkMeta.new(ctx.model, include_usage)
+    headers = {CONVERSATION_HEADER: conversation}
     if body.stream:
         slots: sse.StreamSlots = request.app.state.stream_slots
-        return slots.response(_stream(runs, events, meta))
-    return JSONResponse(await _complete(engine, events, ChunkWriter(meta)))
+        return slots.response(_stream(runs, events, meta), headers)
+    return JSONResponse(await _complete(engine, events, ChunkWriter(meta)), headers=headers)
 
 
 def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -21,22 +22,19 @@ import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.audit import AuditEntry, AuditLog
-from core.errors import DecisionConflict, Overloaded, RedisUnavailable
+from core.audit import AuditLog
+from core.errors import DecisionConflict, RedisUnavailable
+from core.grants import ConversationIds, Grants
 from core.jobs import JobQueue
 from core.records import (
     CALL_DONE_STATUSES,
-    ApprovalSession,
     CallStatus,
-    Continuation,
-    Decision,
     SessionRecord,
     SessionStatus,
     ToolCallView,
-    arguments_sha256,
 )
-from core.settings import PolicyMode, Settings
-from core.store import Claim, SessionStore, new_session_id
+from core.settings import Settings
+from core.store import Claim, SessionStore
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, Waiter, WakeupHub
 from gateway.events import (
@@ -49,6 +47,7 @@ from gateway.events import (
     TextPieces,
     ToolEvent,
 )
+from gateway.opening import open_session
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
 from gateway.webhooks import WebhookSender
 
@@ -69,6 +68,8 @@ class Engine:
     upstream: Upstream
     runner_id: str
     audit: AuditLog
+    grants: Grants
+    conversation_ids: ConversationIds
     webhooks: WebhookSender | None = None
 
     def check_redis(self) -> None:
@@ -94,7 +95,9 @@ class ChatContext:
     tenant: str = "default"
     requester: str = "anonymous"
     conversation: str = ""
-    """The `X-Conversation-Id` the client sent, if any: grants are scoped to it."""
+    """The gateway-issued conversation id grants are scoped to (`X-Conversation-Id`)."""
+    conversation_label: str = ""
+    """What the client sent as `X-Conversation-Id` when it was not an id issued to it."""
 
     @classmethod
     def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
@@ -109,6 +112,7 @@ class ChatContext:
             tenant=record.view.tenant,
             requester=record.view.requester,
             conversation=record.view.conversation,
+            conversation_label=record.view.conversation_label,
         )
 
 
@@ -147,11 +151,10 @@ async def converse(
             yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
             return
         rounds_used += 1
-        asked = [*messages, _assistant_message("".join(text), turn.calls)]
-        session = await _open_session(engine, ctx, asked, turn.calls, rounds_used)
+        session = await open_session(engine, ctx, messages, "".join(text), turn.calls, rounds_used)
         # A held stream keeps only what it needs while it waits; the conversation is in
         # Redis, and the claim after the decision reads it back.
-        del messages, asked, tools, text, turn, client_calls, client_names
+        del messages, tools, text, turn, client_calls, client_names
         yield SessionOpened(session.id)
         if session.status is SessionStatus.PENDING:
             yield ApprovalNotice(session.view)
@@ -176,171 +179,33 @@ async def resume(
         yield event
 
 
-async def _open_session(
-    engine: Engine,
-    ctx: ChatContext,
-    messages: list[dict[str, Any]],
-    calls: Sequence[RequestedCall],
-    rounds_used: int,
-) -> SessionRecord:
-    now = time.time()
-    views: list[ToolCallView] = []
-    initial: dict[str, Decision] = {}
-    for call in calls:
-        view, decision = _classify(engine.toolbox, call, now)
-        views.append(view)
-        if decision is not None:
-            initial[call.id] = decision
-    granted = await _granted(engine, ctx, views, now)
-    for index, view in enumerate(views):
-        if view.id in granted:
-            views[index] = view.model_copy(
-                update={"status": CallStatus.APPROVED, "decision": granted[view.id]}
-            )
-            initial[view.id] = granted[view.id]
-    statuses = {v.status for v in views}
-    if CallStatus.PENDING in statuses:
-        if await engine.store.count_pending() >= engine.settings.max_pending_sessions:
-            raise Overloaded("too many approval sessions are pending; try again later")
-        status = SessionStatus.PENDING
-    else:
-        status = (
-            SessionStatus.APPROVED if CallStatus.APPROVED in statuses else SessionStatus.REJECTED
-        )
-    session = ApprovalSession(
-        id=new_session_id(),
-        status=status,
-        protocol=ctx.protocol,
-        model=ctx.model,
-        created_at=now,
-        expires_at=now + engine.settings.approval_timeout_s,
-        tenant=ctx.tenant,
-        requester=ctx.requester,
-        conversation=ctx.conversation,
-        tool_calls=views,
-    )
-    continuation = Continuation(
-        messages=messages, params=ctx.params, client_tools=ctx.client_tools, rounds_used=rounds_used
-    )
-    if ctx.logged and not ctx.log_id and status is SessionStatus.PENDING:
-        ctx.log_id = session.id  # the first approval notice opens the run log
-    record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
-    await engine.store.create(record, initial, _opened_entries(session))
-    if status is SessionStatus.PENDING and engine.webhooks is not None:
-        engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
-    # The caller keeps its own `messages`; a held stream need not carry a second copy.
-    return record.model_copy(update={"continuation": _HELD})
-
-
-async def _granted(
-    engine: Engine, ctx: ChatContext, views: Sequence[ToolCallView], now: float
-) -> dict[str, Decision]:
-    """Calls that would ask but are covered by a standing grant in this conversation."""
-    asking = [v for v in views if v.status is CallStatus.PENDING]
-    if not asking or not ctx.conversation:
-        return {}
-    keys = engine.store.keys
-    async with engine.store.redis.pipeline(transaction=False) as pipe:
-        for view in asking:
-            pipe.get(keys.grant(ctx.tenant, ctx.conversation, view.name, view.arguments_sha256))
-            pipe.get(keys.grant(ctx.tenant, ctx.conversation, view.name, "*"))
-        found: list[str | None] = await pipe.execute()
-    granted = {}
-    for index, view in enumerate(asking):
-        grantor = found[2 * index] or found[2 * index + 1]
-        if grantor:
-            granted[view.id] = Decision(
-                decision="approve",
-                reason=f"covered by a grant from {grantor} in this conversation",
-                actor="grant",
-                decided_at=now,
-                arguments_sha256=view.arguments_sha256,
-            )
-    return granted
-
-
-def _opened_entries(session: ApprovalSession) -> list[AuditEntry]:
-    entries = []
-    for call in session.tool_calls:
-        decision = call.decision
-        if decision is None:
-            event = "requested"
-        elif call.status is CallStatus.DENIED:
-            event = "denied"
-        else:
-            event = "granted_run" if decision.actor == "grant" else "auto_approved"
-        detail = {"reason": decision.reason} if decision and decision.reason else {}
-        entries.append(
-            AuditEntry.of_call(
-                event,
-                session,
-                call,
-                decision.actor if decision else session.requester,
-                arguments_sha256=call.arguments_sha256,
-                policy=call.policy.value,
-                requester=session.requester,
-                **detail,
-            )
-        )
-    return entries
-
-
-def _classify(
-    toolbox: ToolBox, call: RequestedCall, now: float
-) -> tuple[ToolCallView, Decision | None]:
-    """A call's starting status under policy, and the decision policy made, if any."""
-    arguments = call.arguments or {}
-    if call.name not in toolbox:
-        mode, reason = PolicyMode.DENY, f"there is no tool named {call.name!r}"
-    elif call.arguments is None:
-        mode, reason = PolicyMode.DENY, "the arguments are not valid JSON"
-    else:
-        mode, reason = toolbox.mode_for(call.name, arguments), "denied by policy"
-    status = {
-        PolicyMode.AUTO: CallStatus.APPROVED,
-        PolicyMode.ASK: CallStatus.PENDING,
-        PolicyMode.DENY: CallStatus.DENIED,
-    }[mode]
-    view = ToolCallView(
-        id=call.id,
-        name=call.name,
-        arguments=arguments,
-        arguments_sha256=arguments_sha256(arguments),
-        policy=mode,
-        status=status,
-    )
-    if mode is PolicyMode.ASK:
-        return view, None
-    approve = mode is PolicyMode.AUTO
-    decision = Decision(
-        decision="approve" if approve else "reject",
-        reason="" if approve else reason,
-        actor="policy",
-        decided_at=now,
-        arguments_sha256=view.arguments_sha256 if approve else "",
-    )
-    return view.model_copy(update={"decision": decision}), decision
-
-
 async def _decide_then_run(
     engine: Engine, record: SessionRecord, conversation: list[dict[str, Any]], token: int = 0
 ) -> AsyncIterator[Event]:
     """Wait for a pending session's decision, then run its tools: one subscription for both,
     so the wake-up that ends the wait leads straight to the claim. Fills `conversation`
-    as `run_tools` does."""
+    as `run_tools` does.
+
+    The claim is made under a name of this continuation's own: a repeat of the same claim
+    (a lost reply) gets the same answer, while any other continuation of the same
+    decision (a retried request, here or on another replica) is refused.
+    """
+    claimant = f"{engine.runner_id}/{secrets.token_hex(6)}"
     async with engine.hub.watch(record.id) as waiter:
         claim = None
         if record.status is SessionStatus.PENDING:
-            claim = await _await_decision(engine, record, waiter, token)
+            claim = await _await_decision(engine, record, waiter, claimant, token)
             if claim.status is SessionStatus.EXPIRED and claim.record is not None:
                 expired = claim.record.view.model_copy(update={"status": SessionStatus.EXPIRED})
                 yield ApprovalNotice(expired)
-        async for event in run_tools(engine, record.id, conversation, waiter, token, claim):
+        if claim is None:
+            claim = await engine.store.begin_run(record.id, claimant, token)
+        async for event in run_tools(engine, record.id, conversation, waiter, claim, token):
             yield event
 
 
 async def _await_decision(
-    engine: Engine, record: SessionRecord, waiter: Waiter, token: int
+    engine: Engine, record: SessionRecord, waiter: Waiter, claimant: str, token: int
 ) -> Claim:
     """Hold until the session leaves `pending` (decided, or expired at its deadline), then
     claim it. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
@@ -350,7 +215,7 @@ async def _await_decision(
     session_id, expires_at = record.id, record.view.expires_at
     engine.poller.add(session_id, waiter)  # the safety net under pub/sub
     try:
-        claim = await _try_claim(engine, session_id, token)
+        claim = await _try_claim(engine, session_id, claimant, token)
         while claim.status is SessionStatus.PENDING:
             left = expires_at - time.time()
             if left <= 0:
@@ -359,7 +224,7 @@ async def _await_decision(
                 left = 0.05  # Redis's clock may lag ours by a little
             woken = await waiter.wait(left)
             if woken or time.time() >= expires_at:
-                claim = await _try_claim(engine, session_id, token)
+                claim = await _try_claim(engine, session_id, claimant, token)
     finally:
         engine.poller.discard(session_id, waiter)
     return claim
@@ -370,18 +235,16 @@ async def run_tools(
     session_id: str,
     conversation: list[dict[str, Any]],
     waiter: Waiter,
+    claim: Claim,
     token: int = 0,
-    claim: Claim | None = None,
 ) -> AsyncIterator[Event]:
-    """Claim a decided session (unless `claim` is the claim already made), queue its
-    approved calls, and stream their progress.
+    """Given the claim of a decided session, queue its approved calls and stream their
+    progress.
 
     Fills `conversation` with what the model is asked next: the session's messages, then
     exactly one tool message per call. A taking-over runner (`token`) finds a finished
     session's messages without running anything again.
     """
-    if claim is None:
-        claim = await engine.store.begin_run(session_id, engine.runner_id, token)
     queued, record = claim.queued, claim.record
     if record is None:  # refused as pending: only a bug gets here
         raise DecisionConflict(f"approval session {session_id!r} is still pending")
@@ -431,11 +294,11 @@ async def _await_results(
 _STILL_PENDING = Claim(None, SessionStatus.PENDING, None)
 
 
-async def _try_claim(engine: Engine, session_id: str, token: int) -> Claim:
+async def _try_claim(engine: Engine, session_id: str, claimant: str, token: int) -> Claim:
     """Claim the session if it was decided; while Redis is unreachable, still pending (the
-    claim is safe to repeat: the same runner asking again gets the same answer)."""
+    claim is safe to repeat: the same claimant asking again gets the same answer)."""
     with _redis_trouble_tolerated():
-        return await engine.store.begin_run(session_id, engine.runner_id, token)
+        return await engine.store.begin_run(session_id, claimant, token)
     return _STILL_PENDING
 
 
@@ -461,8 +324,6 @@ def _redis_trouble_tolerated() -> Iterator[None]:
         raise asyncio.CancelledError
 
 
-_HELD = Continuation(messages=[])
-"""What a held session's in-memory record carries of its continuation (Redis has it all)."""
 _NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED})
 _FINISHED = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED})
 
@@ -514,7 +375,7 @@ def _tool_message(call: ToolCallView) -> dict[str, Any]:
         case CallStatus.REJECTED:
             content = f"The user rejected this tool call, so it was not run. Reason: {reason}"
         case CallStatus.DENIED:
-            content = f"This tool call was not run: {reason}."
+            content = f"This tool call was not run. Reason: {reason.rstrip('.')}."
         case CallStatus.EXPIRED:
             content = "No one approved this tool call before the deadline, so it was not run."
         case CallStatus.UNKNOWN:
@@ -528,15 +389,7 @@ def _tool_message(call: ToolCallView) -> dict[str, Any]:
         content = (
             f"The approver edited this call's arguments to {edited} before it ran.{note}\n{content}"
         )
-    return {"role": "tool", "tool_call_id": call.id, "content": content}
-
-
-def _assistant_message(text: str, calls: Sequence[RequestedCall]) -> dict[str, Any]:
-    return {
-        "role": "assistant",
-        "content": text or None,
-        "tool_calls": [_openai_call(c) for c in calls],
-    }
+    return {"role": "tool", "tool_call_id": call.upstream_id or call.id, "content": content}
 
 
 def _openai_call(call: RequestedCall) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
 
+from core.arguments import ArgumentError
 from core.audit import AuditEntry
 from core.errors import (
     EditRefused,
@@ -25,7 +25,9 @@ from core.errors import (
     InvalidRequest,
     SelfApproval,
     UnknownToolCall,
+    WrongProtocol,
 )
+from core.grants import GrantScope
 from core.records import (
     CallStatus,
     SessionRecord,
@@ -40,17 +42,28 @@ from gateway.requests import CallDecision, DecisionRequest
 
 
 async def decide(
-    engine: Engine, principal: Principal, session_id: str, body: DecisionRequest
+    engine: Engine,
+    principal: Principal,
+    session_id: str,
+    body: DecisionRequest,
+    protocol: str | None = None,
 ) -> SessionRecord:
-    """Apply a decision request for `principal`; returns the session after it."""
+    """Apply a decision request for `principal`; returns the session after it. With
+    `protocol`, only a session of that protocol may be decided here."""
     record = await engine.store.get(session_id, view_only=True)
     try:
         principal.require_sees(record.view)
         principal.require("approver")
+        if protocol is not None and record.view.protocol != protocol:
+            # Its own holder continues it; a continuation from here too would run it twice.
+            raise WrongProtocol(
+                f"approval session {session_id!r} belongs to the {record.view.protocol} "
+                f"protocol; decide it with POST /v1/approvals/{session_id}/decision"
+            )
         if body.calls is not None:
             items = [_prepare(engine, principal, record, c) for c in body.calls]
             _authorize(engine, principal, record, [i.call_id for i in items])
-            outcome, after = await engine.store.decide_calls(session_id, items)
+            outcome, after = await engine.store.decide_calls(session_id, items, record.view.tenant)
             applied = outcome != "repeat"
         else:
             assert body.decision is not None
@@ -91,10 +104,9 @@ def _prepare(
     engine: Engine, principal: Principal, record: SessionRecord, item: CallDecision
 ) -> CallDecisionItem:
     call = _call(record, item.tool_call_id)
-    if item.grant is not None and not record.view.conversation:
-        raise InvalidRequest(
-            "a grant is scoped to a conversation: the chat request must send X-Conversation-Id"
-        )
+    longest = engine.settings.grant_max_ttl_s
+    if item.grant is not None and item.grant.ttl_s > longest:
+        raise InvalidRequest(f"grant.ttl_s: at most {longest} seconds (grant_max_ttl_s)")
     arguments = (
         _checked_edit(engine, call, item.arguments or {}) if item.decision == "edit" else None
     )
@@ -120,19 +132,15 @@ def _call(record: SessionRecord, call_id: str) -> ToolCallView:
 
 
 def _checked_edit(engine: Engine, call: ToolCallView, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Edited arguments that fit the tool's schema and that policy would not deny."""
-    if call.name not in engine.toolbox:
-        raise EditRefused(f"there is no tool named {call.name!r} to run with edited arguments")
+    """Edited arguments that fit the tool's schema strictly and that policy would not deny."""
+    if call.name not in engine.toolbox or call.policy is PolicyMode.DENY:
+        raise EditRefused(f"{call.name!r} calls cannot run, edited or not")
     if not engine.toolbox.editable(call.name):
         raise EditRefused(f"policy does not allow editing {call.name!r} calls")
-    schema = engine.toolbox.tools[call.name].args_schema
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        try:
-            schema.model_validate(arguments)
-        except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise InvalidArguments(f"arguments.{where}: {first['msg']}") from error
+    try:
+        engine.toolbox.check_arguments(call.name, arguments)
+    except ArgumentError as error:
+        raise InvalidArguments(str(error)) from error
     if engine.toolbox.mode_for(call.name, arguments) is PolicyMode.DENY:
         raise EditRefused(f"policy denies {call.name!r} with the edited arguments")
     return arguments
@@ -157,7 +165,7 @@ async def _record(
     ]
     session = after.view
     grants = {c.tool_call_id: c.grant for c in body.calls or () if c.grant is not None}
-    keys = engine.store.keys
+    scope = GrantScope(session.tenant, session.requester, session.conversation)
     entries = []
     async with engine.store.redis.pipeline(transaction=False) as pipe:
         for call in decided:
@@ -170,11 +178,7 @@ async def _record(
             if grant is None or call.decision is None:
                 continue
             sha = call.decision.arguments_sha256 if grant.same_arguments else "*"
-            pipe.set(
-                keys.grant(session.tenant, session.conversation, call.name, sha),
-                principal.name,
-                ex=grant.ttl_s,
-            )
+            engine.grants.add_to(pipe, scope, call.name, sha, principal.name, grant.ttl_s)
             entries.append(
                 AuditEntry.of_call(
                     "granted",

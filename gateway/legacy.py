@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from core.errors import GatewayError
 from gateway import decisions, sse
 from gateway.auth import principal_of
+from gateway.completions import CONVERSATION_HEADER
 from gateway.conversation import ChatContext, Engine, converse, resume
 from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
 from gateway.requests import (
@@ -39,6 +40,9 @@ async def chat_completion(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     engine.check_redis()
     body = validate(LegacyChatRequest, await read_json(request, engine.settings.max_body_bytes))
+    conversation, label = engine.conversation_ids.resolve(
+        request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
+    )
     params: dict[str, Any] = {"temperature": body.temperature, "max_tokens": body.max_tokens}
     ctx = ChatContext(
         model=body.model or engine.settings.upstream_model,
@@ -47,11 +51,13 @@ async def chat_completion(request: Request) -> Response:
         params={k: v for k, v in params.items() if v is not None},
         tenant=principal.tenant,
         requester=principal.name,
-        conversation=request.headers.get("x-conversation-id", "")[:128],
+        conversation=conversation,
+        conversation_label=label,
     )
     messages = [m.model_dump() for m in body.messages]
     slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_stream(converse(engine, ctx, messages)))
+    headers = {CONVERSATION_HEADER: ctx.conversation}
+    return slots.response(_stream(converse(engine, ctx, messages)), headers)
 
 
 async def approve(request: Request) -> Response:
@@ -63,7 +69,7 @@ async def approve(request: Request) -> Response:
         if body.approved
         else DecisionRequest(decision="reject", reason="the user declined")
     )
-    await decisions.decide(engine, principal, body.sessionid, decision)
+    await decisions.decide(engine, principal, body.sessionid, decision, protocol="legacy")
     slots: sse.StreamSlots = request.app.state.stream_slots
     return slots.response(_stream(resume(engine, body.sessionid, hold=False)))
 

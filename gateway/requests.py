@@ -16,16 +16,18 @@ from pydantic import (
 )
 from starlette.requests import Request
 
-from core.errors import BodyTooLarge, InvalidRequest
+from core.errors import BodyTooLarge, InvalidRequest, UnsupportedMediaType
 
 _M = TypeVar("_M", bound=BaseModel)
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
-    """The body as JSON; `BodyTooLarge` past `max_bytes`, `InvalidRequest` when malformed."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BodyTooLarge(f"request body is {declared} bytes; the limit is {max_bytes}")
+    """The body as JSON: `UnsupportedMediaType` unless declared `application/json`,
+    `BodyTooLarge` past `max_bytes`, `InvalidRequest` when malformed."""
+    require_json_content_type(request)
+    declared = request.headers.get("content-length", "").lstrip("0") or "0"
+    if _is_ascii_int(declared) and (len(declared) > 18 or int(declared) > max_bytes):
+        raise BodyTooLarge(f"request body is {declared[:40]} bytes; the limit is {max_bytes}")
     body = bytearray()
     async for part in request.stream():
         body += part
@@ -37,12 +39,34 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {error}") from error
 
 
+def require_json_content_type(request: Request) -> None:
+    """`UnsupportedMediaType` unless `Content-Type` is `application/json` (parameters
+    allowed): a browser page can post `text/plain` across origins without asking (CSRF)."""
+    declared = request.headers.get("content-type", "")
+    if declared.partition(";")[0].strip().lower() != "application/json":
+        shown = repr(declared[:100]) if declared else "none"
+        raise UnsupportedMediaType(
+            f"Content-Type: the body must be sent as 'application/json', not {shown}"
+        )
+
+
 def query_int(params: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter within [low, high]; `InvalidRequest` naming it otherwise."""
-    raw = params.get(name, str(default))
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    return parse_int(params.get(name, str(default)), name, low, high)
+
+
+def parse_int(raw: str, name: str, low: int, high: int) -> int:
+    """`raw` as an integer within [low, high] (0 <= low): ASCII digits only, so no sign,
+    no Unicode digits ('²', '٣') and no 5000-digit numbers; `InvalidRequest` naming it."""
+    digits = raw.lstrip("0") or "0"
+    if not _is_ascii_int(raw) or len(digits) > len(str(high)) or not low <= int(digits) <= high:
         raise InvalidRequest(f"{name}: must be an integer from {low} to {high}")
-    return int(raw)
+    return int(digits)
+
+
+def _is_ascii_int(raw: str) -> bool:
+    # str.isdigit alone is true for '²' and other digits int() refuses or reads differently.
+    return raw.isascii() and raw.isdigit()
 
 
 def validate(model: type[_M], data: Any) -> _M:
@@ -155,9 +179,10 @@ class Grant(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ttl_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
-    same_arguments: bool = False
-    """Only calls with exactly these arguments (by hash) are covered."""
+    ttl_s: int = Field(default=3600, ge=1)
+    """At most `grant_max_ttl_s` (a setting, 1 hour by default)."""
+    same_arguments: bool = True
+    """Only calls with exactly these arguments (by hash) are covered; false covers any."""
 
 
 class CallDecision(BaseModel):

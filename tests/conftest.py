@@ -12,6 +12,8 @@ import httpx
 import pytest
 
 from deploy.cluster import render_nginx_conf
+from tests.hostile import HostileUpstream
+from tests.mediation import policy_file
 from tests.processes import (
     ContainerRedis,
     Process,
@@ -21,6 +23,7 @@ from tests.processes import (
     python_module,
     wait_http,
 )
+from tests.tools import MEDIATION_POLICY
 
 TEST_POLICY = '{"lookupCapital": "auto", "forbiddenTool": "deny", "explode": "ask"}'
 _prefixes = itertools.count()
@@ -63,6 +66,22 @@ def offline_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.start()
     wait_http(f"http://127.0.0.1:{port}/health", process)
     yield f"http://127.0.0.1:{port}/v1"
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def hostile_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileUpstream]:
+    """A running hostile upstream (tests/hostile_upstream.py) and its client."""
+    port = free_port()
+    process = Process(
+        "hostile-upstream",
+        python_module("tests.hostile_upstream", "--port", str(port)),
+        {},
+        tmp_path_factory.mktemp("hostile"),
+    )
+    process.start()
+    wait_http(f"http://127.0.0.1:{port}/health", process)
+    yield HostileUpstream(f"http://127.0.0.1:{port}")
     process.stop()
 
 
@@ -163,15 +182,21 @@ StackFactory = Callable[..., Stack]
 def make_stack(
     redis_server: RedisServer, offline_model: str, tmp_path: Path
 ) -> Iterator[StackFactory]:
-    """Build a stack: `make_stack(replicas=1, workers=1, **settings)`; each gets its own prefix."""
+    """Build a stack: `make_stack(replicas=1, workers=1, **settings)`; each gets its own prefix.
+    `upstream` is the model's base URL (with /v1); the offline model unless given."""
     stacks: list[Stack] = []
 
     def build(
-        replicas: int = 1, workers: int = 1, redis: RedisServer | None = None, **settings: str
+        replicas: int = 1,
+        workers: int = 1,
+        redis: RedisServer | None = None,
+        upstream: str | None = None,
+        **settings: str,
     ) -> Stack:
         overrides = {f"GATEWAY_{name.upper()}": value for name, value in settings.items()}
         server = redis or redis_server
-        stack = Stack(server, offline_model, tmp_path, f"t{next(_prefixes)}", overrides)
+        model = upstream or offline_model
+        stack = Stack(server, model, tmp_path, f"t{next(_prefixes)}", overrides)
         stacks.append(stack)
         for _ in range(workers):
             stack.add_worker()
@@ -201,3 +226,24 @@ def shared_stack(
 @pytest.fixture
 def gateway(shared_stack: Stack) -> Replica:
     return shared_stack.replicas[0]
+
+
+@pytest.fixture(scope="module")
+def mediated(
+    redis_server: RedisServer,
+    hostile_upstream: HostileUpstream,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    """One replica and one worker behind the hostile upstream, under MEDIATION_POLICY."""
+    workdir = tmp_path_factory.mktemp("mediated")
+    settings = {
+        "GATEWAY_POLICY_FILE": policy_file(workdir, MEDIATION_POLICY),
+        "GATEWAY_HEARTBEAT_INTERVAL_S": "1",
+        "GATEWAY_APPROVAL_TIMEOUT_S": "60",
+        "GATEWAY_MAX_UPSTREAM_TURN_BYTES": str(32 * 1024 * 1024),  # room for 10,000 calls
+    }
+    stack = Stack(redis_server, hostile_upstream.url, workdir, f"md{next(_prefixes)}", settings)
+    stack.add_worker()
+    stack.add_replica()
+    yield stack
+    stack.stop()

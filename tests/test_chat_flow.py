@@ -105,7 +105,7 @@ def test_deny_policy_never_runs_and_the_model_is_told(gateway: Replica) -> None:
     assert seen.approvals == []
     [denied] = seen.tool_events
     assert denied["type"] == "rejected" and denied["by"] == "policy"
-    assert "denied by policy" in seen.text
+    assert "not run. Reason: policy: forbiddenTool is denied." in seen.text
 
 
 def test_tool_error_becomes_a_result_the_model_sees(gateway: Replica) -> None:

@@ -187,9 +187,13 @@ def test_policy_refuses_edits_it_does_not_allow(make_stack: StackFactory) -> Non
 def test_a_grant_lets_later_calls_in_the_conversation_run_without_asking(
     gateway: Replica,
 ) -> None:
-    conversation = {"X-Conversation-Id": f"conv-{time.time_ns()}"}
-    held = HeldStream(gateway.url, "use getStringLength on 'first'", headers=conversation)
+    # The gateway issues the conversation id (a client's own name is only a label).
+    held = HeldStream(
+        gateway.url, "use getStringLength on 'first'", headers={"X-Conversation-Id": "mine"}
+    )
     approval = held.wait_pending()
+    assert approval["conversation_label"] == "mine"
+    conversation = {"X-Conversation-Id": approval["conversation"]}
     [call] = approval["tool_calls"]
     grant = {"ttl_s": 60, "same_arguments": False}
     item = {"tool_call_id": call["id"], "decision": "approve", "grant": grant}
@@ -201,9 +205,10 @@ def test_a_grant_lets_later_calls_in_the_conversation_run_without_asking(
     assert seen.text == "getStringLength returned 6."
     assert [a["status"] for a in seen.approvals] == []
     other = HeldStream(
-        gateway.url, "use getStringLength on 'third'", headers={"X-Conversation-Id": "elsewhere"}
+        gateway.url, "use getStringLength on 'third'", headers={"X-Conversation-Id": "mine"}
     )
     other_approval = other.wait_pending()
+    assert other_approval["conversation"] != approval["conversation"]
     audit = httpx.get(f"{gateway.url}/v1/audit", params={"event": "granted_run"}).json()["data"]
     assert any(e["actor"] == "grant" and e["tool"] == "getStringLength" for e in audit)
     reject = {"tool_call_id": other_approval["tool_calls"][0]["id"], "decision": "reject"}
@@ -211,13 +216,11 @@ def test_a_grant_lets_later_calls_in_the_conversation_run_without_asking(
     other.wait()
 
 
-def test_a_grant_needs_a_conversation(gateway: Replica) -> None:
+def test_every_request_gets_a_conversation_to_scope_grants_to(gateway: Replica) -> None:
     held = HeldStream(gateway.url, "use getStringLength on 'lonely'")
     approval = held.wait_pending()
+    assert approval["conversation"].startswith("conv_") and approval["conversation_label"] == ""
     [call] = approval["tool_calls"]
     item = {"tool_call_id": call["id"], "decision": "approve", "grant": {"ttl_s": 60}}
-    refused = decide_calls(gateway.url, approval["id"], [item])
-    assert refused.status_code == 400 and "X-Conversation-Id" in refused.text
-    del item["grant"]
     assert decide_calls(gateway.url, approval["id"], [item]).status_code == 200
     held.wait()

@@ -15,11 +15,15 @@ from core.records import ToolResult
 async def run_tool(
     tool: BaseTool, arguments: dict[str, Any], timeout_s: float, max_bytes: int, worker: str
 ) -> ToolResult:
-    """Run a tool (sync tools in a thread) and describe what happened."""
+    """Run a tool (sync tools in a thread) and describe what happened.
+
+    `arun` with the checked arguments, never `ainvoke`: `ainvoke` would take arguments
+    shaped `{"type": "tool_call", "args": ...}` as an envelope and run the inner ones.
+    """
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            output = await tool.ainvoke(arguments)
+            output = await tool.arun(arguments)
         status, content = "succeeded", _as_text(output)
     except TimeoutError:
         status, content = "failed", f"the tool did not finish within {timeout_s:g} s"

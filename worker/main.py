@@ -17,12 +17,13 @@ import socket
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.arguments import ArgumentError
 from core.audit import AuditEntry, AuditLog
 from core.connect import connect
 from core.jobs import Job, JobQueue
 from core.keys import Keys
 from core.records import ToolResult, arguments_sha256
-from core.settings import Settings
+from core.settings import PolicyMode, Settings
 from core.store import RunnableCall, SessionStore
 from core.tools import ToolBox
 from worker.execute import run_tool
@@ -39,7 +40,7 @@ class Worker:
         self.name = settings.worker.name or f"{socket.gethostname()}-{os.getpid()}"
         self.store = SessionStore(redis, keys, settings.session_retention_s)
         self.jobs = JobQueue(redis, keys)
-        self.audit = AuditLog(redis, keys, settings.audit_maxlen)
+        self.audit = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
         self.toolbox = toolbox
         self.stopping = asyncio.Event()
         self.in_flight: dict[asyncio.Task[None], Job] = {}
@@ -95,39 +96,73 @@ class Worker:
         )
         if outcome == "exhausted":
             await self.jobs.dead_letter(job, f"{self.settings.max_attempts} attempts")
+        event = "executed"
         detail: dict[str, object] = {"outcome": outcome, "attempt": "reclaimed"}
         if call is not None:
-            result = await self._execute(call)
+            refusal = self._refusal(job, call)
+            if refusal is None:
+                result = await self._execute(call)
+                event, detail = (
+                    "executed",
+                    {
+                        "outcome": result.status,
+                        "duration_ms": result.duration_ms,
+                        "arguments_sha256": call.approved_sha256,
+                        "attempt": "reclaimed" if reclaimed else "first",
+                    },
+                )
+            else:
+                log.warning("refused job %s: %s", job.entry_id, refusal)
+                result = ToolResult(
+                    status="failed", content=f"refused by the worker: {refusal}", worker=self.name
+                )
+                event, detail = "run_refused", {"reason": refusal, "job_tool": job.tool[:128]}
             await self.store.finish_call(job.session_id, job.tool_call_id, result)
-            detail = {
-                "outcome": result.status,
-                "duration_ms": result.duration_ms,
-                "arguments_sha256": call.approved_sha256,
-                "attempt": "reclaimed" if reclaimed else "first",
-            }
         if call is not None or outcome in ("unknown", "exhausted"):
-            executed = AuditEntry(
-                "executed",
+            entry = AuditEntry(
+                event,
                 session=job.session_id,
-                tool=job.tool,
+                tool=call.name if call is not None else job.tool,
                 call=job.tool_call_id,
                 actor=f"worker:{self.name}",
                 tenant=call.tenant if call is not None else "",
                 detail=detail,
             )
             with contextlib.suppress(RedisError):  # the outcome is stored; audit is best effort
-                await self.audit.append([executed])
+                await self.audit.append([entry])
         await self.jobs.ack(job)
 
-    async def _execute(self, call: RunnableCall) -> ToolResult:
+    def _refusal(self, job: Job, call: RunnableCall) -> str | None:
+        """Why this call must not run, or None: the job, the session's call under that id
+        and its decision must agree exactly, and policy here must not deny it."""
         name, arguments = call.name, call.arguments
-        if not isinstance(arguments, dict) or arguments_sha256(arguments) != call.approved_sha256:
-            return ToolResult(status="failed", content="arguments do not match the approved hash")
+        if name != job.tool:
+            return f"the job names {job.tool[:128]!r} but the session's call is {name!r}"
+        if not call.approved_sha256:
+            return "no approval covers this call"
         if name not in self.toolbox:
-            return ToolResult(status="failed", content=f"this worker has no tool named {name!r}")
+            return f"this worker has no tool named {name!r}"
+        try:
+            self.toolbox.check_arguments(name, arguments)
+        except ArgumentError as error:
+            return f"invalid arguments: {error}"
+        if arguments_sha256(arguments) != call.approved_sha256:
+            return "the arguments are not the ones that were approved"
+        mode = self.toolbox.mode_for(name, arguments)
+        if mode is PolicyMode.DENY:
+            return "policy denies this call"
+        assert call.decision is not None  # approved_sha256 is "" without one
+        if mode is PolicyMode.ASK and call.decision.actor == "policy":
+            return "policy says a person must decide this call, and none did"
+        return None
+
+    async def _execute(self, call: RunnableCall) -> ToolResult:
+        name = call.name
         timeout_s = self.toolbox.timeout_s(name, self.settings.tool_timeout_s)
         tool = self.toolbox.tools[name]
-        return await run_tool(tool, arguments, timeout_s, self.settings.max_result_bytes, self.name)
+        return await run_tool(
+            tool, call.arguments, timeout_s, self.settings.max_result_bytes, self.name
+        )
 
     async def _upkeep_forever(self) -> None:
         """Keep in-flight jobs claimed, and reclaim dead workers' jobs."""

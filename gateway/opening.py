@@ -1,0 +1,269 @@
+"""Opening an approval session for one model turn: who each call is, whether it may run.
+
+The model's output is untrusted, so nothing of a call's identity is taken from it:
+each call gets the gateway's own id (the model's id, when it was present and unique
+in its turn, is kept only to rebuild the model's history). A call's arguments are
+checked strictly against its tool's schema before policy sees them. Calls of unknown
+tools, with invalid arguments or past the per-turn cap are denied, and the model is
+told why. Once untrusted tool output is in the conversation, calls that change
+things ask even where policy says `auto`, and the session shows what came before.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from core.arguments import ArgumentError, json_problem
+from core.audit import AuditEntry
+from core.errors import Overloaded
+from core.grants import GrantScope
+from core.records import (
+    ApprovalSession,
+    CallStatus,
+    Continuation,
+    Decision,
+    Provenance,
+    SessionRecord,
+    SessionStatus,
+    ToolCallView,
+    arguments_sha256,
+)
+from core.settings import PolicyMode
+from core.store import new_session_id
+from gateway.upstream import RequestedCall
+
+if TYPE_CHECKING:
+    from gateway.conversation import ChatContext, Engine
+
+MAX_PROVENANCE = 20
+"""How many of the latest tool results a session lists as what came before its calls."""
+_MAX_SHOWN_NAME = 128
+
+_STATUS_OF_MODE = {
+    PolicyMode.AUTO: CallStatus.APPROVED,
+    PolicyMode.ASK: CallStatus.PENDING,
+    PolicyMode.DENY: CallStatus.DENIED,
+}
+
+
+async def open_session(
+    engine: Engine,
+    ctx: ChatContext,
+    messages: list[dict[str, Any]],
+    text: str,
+    calls: Sequence[RequestedCall],
+    rounds_used: int,
+) -> SessionRecord:
+    """Classify a turn's calls, store the session (with its audit entries), and return it
+    without its conversation (Redis has it; the claim reads it back)."""
+    now = time.time()
+    provenance = provenance_of(engine, messages)
+    tainted = any(p.untrusted for p in provenance)
+    history_ids = _history_ids(calls)
+    views = [
+        _classify(engine, call, index, tainted, history_ids[index])
+        for index, call in enumerate(calls)
+    ]
+    views = await _apply_grants(engine, ctx, views, tainted, now)
+    statuses = {v.status for v in views}
+    if CallStatus.PENDING in statuses:
+        await _check_pending_room(engine, ctx.tenant)
+        status = SessionStatus.PENDING
+    elif CallStatus.APPROVED in statuses:
+        status = SessionStatus.APPROVED
+    else:
+        status = SessionStatus.REJECTED
+    session = ApprovalSession(
+        id=new_session_id(),
+        status=status,
+        protocol=ctx.protocol,
+        model=ctx.model,
+        created_at=now,
+        expires_at=now + engine.settings.approval_timeout_s,
+        tenant=ctx.tenant,
+        requester=ctx.requester,
+        conversation=ctx.conversation,
+        conversation_label=ctx.conversation_label,
+        tainted=tainted,
+        provenance=provenance[-MAX_PROVENANCE:],
+        tool_calls=views,
+    )
+    asked = [*messages, _assistant_message(text, calls, views)]
+    continuation = Continuation(
+        messages=asked, params=ctx.params, client_tools=ctx.client_tools, rounds_used=rounds_used
+    )
+    if ctx.logged and not ctx.log_id and status is SessionStatus.PENDING:
+        ctx.log_id = session.id  # the first approval notice opens the run log
+    record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
+    initial = {v.id: v.decision for v in views if v.decision is not None}
+    await engine.store.create(record, initial, _opened_entries(session))
+    if status is SessionStatus.PENDING and engine.webhooks is not None:
+        engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
+    return record.model_copy(update={"continuation": Continuation(messages=[])})
+
+
+def provenance_of(engine: Engine, messages: Sequence[Mapping[str, Any]]) -> list[Provenance]:
+    """The tool results in a conversation, oldest first, each marked untrusted when its
+    tool's output may carry instructions (`untrusted_output`)."""
+    names: dict[str, str] = {}
+    found = []
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            names[str(call.get("id"))] = str((call.get("function") or {}).get("name", ""))
+        if message.get("role") == "tool":
+            call_id = str(message.get("tool_call_id") or "")
+            name = names.get(call_id) or str(message.get("name") or "")
+            untrusted = engine.toolbox.untrusted_output(name)
+            found.append(Provenance(tool_call_id=call_id, name=name, untrusted=untrusted))
+    return found
+
+
+def _history_ids(calls: Sequence[RequestedCall]) -> list[str]:
+    """The id each call has in the model's history: its own when present and unique in the
+    turn (upstreams may check that their ids come back), else one the gateway makes."""
+    counts = Counter(call.id for call in calls)
+    return [
+        call.id if call.id and counts[call.id] == 1 and len(call.id) <= 128 else _mint()
+        for call in calls
+    ]
+
+
+def _mint() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+def _classify(
+    engine: Engine, call: RequestedCall, index: int, tainted: bool, history_id: str
+) -> ToolCallView:
+    """A call under the gateway's id, with its starting status, and the decision policy
+    made when it does not ask."""
+    toolbox, cap = engine.toolbox, engine.settings.max_tool_calls_per_turn
+    arguments = call.arguments if call.arguments is not None else {}
+    if index >= cap:
+        mode, reason = PolicyMode.DENY, f"the model asked for more than {cap} calls in one turn"
+    elif call.name not in toolbox:
+        mode, reason = PolicyMode.DENY, f"there is no tool named {call.name[:_MAX_SHOWN_NAME]!r}"
+    else:
+        try:
+            arguments = toolbox.check_arguments(call.name, call.arguments)
+        except ArgumentError as error:
+            mode, reason = PolicyMode.DENY, f"invalid arguments: {error}"
+        else:
+            verdict = toolbox.verdict(call.name, arguments, untrusted_context=tainted)
+            mode, reason = verdict.mode, verdict.reason
+    if json_problem(arguments) is not None:
+        arguments = {}  # denied already; kept out of the record, which is plain JSON
+    view = ToolCallView(
+        id=_mint(),
+        name=call.name[:_MAX_SHOWN_NAME],
+        arguments=arguments,
+        arguments_sha256=arguments_sha256(arguments),
+        policy=mode,
+        policy_reason=reason,
+        upstream_id=history_id,
+        status=_STATUS_OF_MODE[mode],
+    )
+    if mode is PolicyMode.ASK:
+        return view
+    approve = mode is PolicyMode.AUTO
+    decision = Decision(
+        decision="approve" if approve else "reject",
+        reason="" if approve else reason,
+        actor="policy",
+        decided_at=time.time(),
+        arguments_sha256=view.arguments_sha256 if approve else "",
+    )
+    return view.model_copy(update={"decision": decision})
+
+
+async def _apply_grants(
+    engine: Engine, ctx: ChatContext, views: list[ToolCallView], tainted: bool, now: float
+) -> list[ToolCallView]:
+    """Calls that would ask but are covered by a grant of this requester in this
+    conversation run. Once untrusted output is in the conversation, only a grant for
+    exactly these arguments covers a call: a standing "any arguments" grant does not."""
+    asking = [(v.id, v.name, v.arguments_sha256) for v in views if v.status is CallStatus.PENDING]
+    scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
+    covered = await engine.grants.covering(scope, asking, exact_only=tainted)
+    granted = []
+    for view in views:
+        grantor = covered.get(view.id)
+        if grantor is None:
+            granted.append(view)
+            continue
+        decision = Decision(
+            decision="approve",
+            reason=f"covered by a grant from {grantor} in this conversation",
+            actor="grant",
+            decided_at=now,
+            arguments_sha256=view.arguments_sha256,
+        )
+        granted.append(
+            view.model_copy(update={"status": CallStatus.APPROVED, "decision": decision})
+        )
+    return granted
+
+
+async def _check_pending_room(engine: Engine, tenant: str) -> None:
+    settings = engine.settings
+    total, of_tenant = await engine.store.count_pending(tenant)
+    if total >= settings.max_pending_sessions:
+        raise Overloaded("too many approval sessions are pending; try again later")
+    if of_tenant >= settings.max_pending_sessions_per_tenant:
+        raise Overloaded(
+            f"this tenant has {of_tenant} approval sessions pending, its share; "
+            "decide some or try again later"
+        )
+
+
+def _opened_entries(session: ApprovalSession) -> list[AuditEntry]:
+    entries = []
+    for call in session.tool_calls:
+        decision = call.decision
+        if decision is None:
+            event = "requested"
+        elif call.status is CallStatus.DENIED:
+            event = "denied"
+        else:
+            event = "granted_run" if decision.actor == "grant" else "auto_approved"
+        detail: dict[str, Any] = {"reason": decision.reason} if decision and decision.reason else {}
+        if session.tainted:
+            detail["tainted"] = True
+        entries.append(
+            AuditEntry.of_call(
+                event,
+                session,
+                call,
+                decision.actor if decision else session.requester,
+                arguments_sha256=call.arguments_sha256,
+                policy=call.policy.value,
+                policy_reason=call.policy_reason,
+                requester=session.requester,
+                upstream_id=call.upstream_id,
+                **detail,
+            )
+        )
+    return entries
+
+
+def _assistant_message(
+    text: str, calls: Sequence[RequestedCall], views: Sequence[ToolCallView]
+) -> dict[str, Any]:
+    """The model's turn as its history keeps it: its own names and argument text, under
+    the history ids."""
+    return {
+        "role": "assistant",
+        "content": text or None,
+        "tool_calls": [
+            {
+                "id": view.upstream_id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.raw_arguments},
+            }
+            for call, view in zip(calls, views, strict=True)
+        ],
+    }
