@@ -53,35 +53,28 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+def serve_http(module: str, workdir: Path) -> tuple[Process, str]:
+    """Start `python -m module --port N` on a free port and wait for its /health; (it, base URL)."""
+    port = free_port()
+    process = Process(module, python_module(module, "--port", str(port)), {}, workdir)
+    process.start()
+    wait_http(f"http://127.0.0.1:{port}/health", process)
+    return process, f"http://127.0.0.1:{port}"
+
+
 @pytest.fixture(scope="session")
 def offline_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL (with /v1) of a running offline model."""
-    port = free_port()
-    process = Process(
-        "offline-model",
-        python_module("offline_model", "--port", str(port)),
-        {},
-        tmp_path_factory.mktemp("offline"),
-    )
-    process.start()
-    wait_http(f"http://127.0.0.1:{port}/health", process)
-    yield f"http://127.0.0.1:{port}/v1"
+    process, url = serve_http("offline_model", tmp_path_factory.mktemp("offline"))
+    yield f"{url}/v1"
     process.stop()
 
 
 @pytest.fixture(scope="session")
 def hostile_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostileUpstream]:
     """A running hostile upstream (tests/hostile_upstream.py) and its client."""
-    port = free_port()
-    process = Process(
-        "hostile-upstream",
-        python_module("tests.hostile_upstream", "--port", str(port)),
-        {},
-        tmp_path_factory.mktemp("hostile"),
-    )
-    process.start()
-    wait_http(f"http://127.0.0.1:{port}/health", process)
-    yield HostileUpstream(f"http://127.0.0.1:{port}")
+    process, url = serve_http("tests.hostile_upstream", tmp_path_factory.mktemp("hostile"))
+    yield HostileUpstream(url)
     process.stop()
 
 

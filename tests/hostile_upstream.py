@@ -24,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from offline_model.script import content_text
+
 MARKER = re.compile(r"\[\[script:([^\]]+)\]\]")
 _DONE = b"data: [DONE]\n\n"
 _USAGE = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
@@ -111,19 +113,6 @@ class Scripts:
         if not trailing:
             return script.turn
         return script.after(body["messages"], trailing)
-
-
-def content_text(content: object) -> str:
-    """A message content's text: the string, or its text parts joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(part.get("text", ""))
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text"
-        )
-    return ""
 
 
 def script_key(messages: object) -> str | None:
