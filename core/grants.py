@@ -1,4 +1,5 @@
-"""Standing approvals ("grants") and the conversation ids they are scoped to.
+"""Standing approvals ("grants"), the conversation ids they are scoped to, and conversations
+tainted by untrusted tool output.
 
 A grant lets one requester (an API key) run one tool without asking again, in one
 conversation, for a while. The conversation is named by an id the gateway issues
@@ -15,6 +16,7 @@ import hmac
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -75,6 +77,61 @@ class ConversationIds:
     def _mac(self, tenant: str, requester: str, nonce: str) -> str:
         message = "\n".join((tenant, requester, nonce)).encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()[:24]
+
+
+class ConversationTaint:
+    """Where untrusted tool output went, beyond what a request's history shows: a client
+    never sees the results of server-side tools, only what the model wrote after them.
+
+    Two marks: the gateway-issued conversation (for clients that send its id back), and the
+    messages the model wrote with untrusted output in its context (their text, and the ids
+    of the client calls in them), so a history that carries one of them is tainted whatever
+    conversation id it comes with.
+    """
+
+    MAX_CHECKED = 32
+    """How many of a history's latest assistant texts and call ids are looked up."""
+
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    async def mark(self, scope: GrantScope) -> None:
+        await self.redis.set(self.keys.taint(scope.key_part()), "1", ex=self.ttl_s)
+
+    async def mark_output(self, tenant: str, text: str, call_ids: Sequence[str]) -> None:
+        """The model wrote `text` and these client calls with untrusted output in context."""
+        digests = [_digest(part) for part in (text, *call_ids) if part]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for digest in digests:
+                pipe.set(self.keys.tainted_output(tenant, digest), "1", ex=self.ttl_s)
+            await pipe.execute()
+
+    async def holds(self, scope: GrantScope, messages: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether the conversation, or a message of this history, carries untrusted output."""
+        parts = [
+            part
+            for message in messages
+            if message.get("role") == "assistant"
+            for part in _assistant_parts(message)
+        ][-self.MAX_CHECKED :]
+        keys = [self.keys.taint(scope.key_part())]
+        keys += [self.keys.tainted_output(scope.tenant, _digest(part)) for part in parts]
+        return bool(await self.redis.exists(*keys))
+
+
+def _assistant_parts(message: Mapping[str, Any]) -> list[str]:
+    content = message.get("content")
+    parts = [content] if isinstance(content, str) and content else []
+    for call in message.get("tool_calls") or ():
+        if isinstance(call, Mapping) and isinstance(call.get("id"), str):
+            parts.append(call["id"])
+    return parts
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Grants:

@@ -77,10 +77,24 @@ class Keys:
         `core.grants.GrantScope.key_part`); `sha256` "*" covers any arguments."""
         return f"{self.prefix}:grant:{scope}:{tool}:{sha256}"
 
+    def taint(self, scope: str) -> str:
+        """Set while untrusted tool output is in one requester's conversation (`scope`)."""
+        return f"{self.prefix}:taint:{scope}"
+
+    def tainted_output(self, tenant: str, digest: str) -> str:
+        """Set for a message the model wrote with untrusted output in its context (`digest`:
+        SHA-256 of its text, or of a call id), so the message taints any history it is in."""
+        return f"{self.prefix}:tainted:{tenant.encode().hex()}:{digest}"
+
     @property
     def conversation_secret(self) -> str:
         """The deployment's key for signing the conversation ids it issues (made at first start)."""
         return f"{self.prefix}:secret:conversations"
+
+    def idempotency(self, scope: str, digest: str) -> str:
+        """What became of a request sent with an `Idempotency-Key` (`digest`: the key's
+        SHA-256) by one requester (`scope`)."""
+        return f"{self.prefix}:idem:{scope}:{{idem-{digest}}}"
 
     def pending_of(self, tenant: str) -> str:
         """Sorted set of one tenant's pending session ids scored by deadline (its fair share)."""

@@ -342,3 +342,45 @@ redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('PUBLISH', ARGV[4], 'log')
 return 1
 """
+
+# Claim an idempotency key for a request: the first request with the key runs; a retry
+# finds the record of the first. A record still `running` past `until` was abandoned (its
+# replica died with it) and is claimed afresh.
+# KEYS[1] the key's record (hash)
+# ARGV[1] the request's fingerprint (SHA-256 of its body)
+# ARGV[2] until: unix seconds after which a running request counts as abandoned
+# ARGV[3] retention seconds of the record
+# Returns {'new'} when this request is the first, else {'seen', HGETALL}.
+CLAIM_IDEMPOTENCY_KEY = (
+    _HELPERS
+    + """
+local found = redis.call('HGETALL', KEYS[1])
+if #found > 0 then
+  local state, until = redis.call('HGET', KEYS[1], 'state'), redis.call('HGET', KEYS[1], 'until')
+  if not (state == 'running' and tonumber(until) < now_s()) then return {'seen', found} end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'state', 'running', 'until', ARGV[2])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {'new'}
+"""
+)
+
+# Reserve a place for a new pending session within the deployment's and the tenant's
+# bounds, in one step (a count and a later insert would let a burst past both).
+# KEYS[1] the deadline index
+# KEYS[2] the tenant's pending index
+# ARGV[1] session id
+# ARGV[2] its deadline (unix seconds)
+# ARGV[3] the deployment's bound
+# ARGV[4] the tenant's bound
+# ARGV[5] entries of the tenant's index older than this no longer count (a crash left them)
+# Returns 'ok' when reserved, else 'total' or 'tenant': the bound that refused it.
+RESERVE_PENDING = """
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 'total' end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 'tenant' end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 'ok'
+"""

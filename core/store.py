@@ -69,6 +69,7 @@ class SessionStore:
         self._transition = redis.register_script(scripts.TRANSITION)
         self._start_call = redis.register_script(scripts.START_CALL)
         self._finish_call = redis.register_script(scripts.FINISH_CALL)
+        self._reserve_pending = redis.register_script(scripts.RESERVE_PENDING)
 
     async def create(
         self,
@@ -98,9 +99,12 @@ class SessionStore:
             raise SessionNotFound(f"no approval session {session_id!r}")
         return SessionRecord.from_hash(fields, view_only=view_only)
 
-    async def list_pending(self, limit: int = 100) -> list[ApprovalSession]:
-        """Pending sessions, soonest deadline first."""
-        ids: list[str] = await self.redis.zrange(self.keys.deadlines, 0, limit - 1)  # type: ignore[assignment]
+    async def list_pending(
+        self, limit: int = 100, tenant: str | None = None
+    ) -> list[ApprovalSession]:
+        """Pending sessions (of `tenant`, or of every tenant), soonest deadline first."""
+        index = self.keys.deadlines if tenant is None else self.keys.pending_of(tenant)
+        ids: list[str] = await self.redis.zrange(index, 0, limit - 1)  # type: ignore[assignment]
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in ids:
                 pipe.hgetall(self.keys.session(session_id))
@@ -108,17 +112,20 @@ class SessionStore:
         records = [SessionRecord.from_hash(r, view_only=True) for r in rows if r]
         return [r.view for r in records if r.status is SessionStatus.PENDING]
 
-    async def count_pending(self, tenant: str) -> tuple[int, int]:
-        """How many sessions are pending: in all, and of `tenant`."""
-        of_tenant = self.keys.pending_of(tenant)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.deadlines)
-            # A session whose expiry was never recorded (a crash between two writes) stops
-            # counting against its tenant a minute after its deadline.
-            pipe.zremrangebyscore(of_tenant, "-inf", time.time() - 60)
-            pipe.zcard(of_tenant)
-            total, _, tenant_count = await pipe.execute()
-        return int(total), int(tenant_count)
+    async def reserve_pending(
+        self, session_id: str, tenant: str, deadline: float, max_total: int, max_tenant: int
+    ) -> Literal["total", "tenant"] | None:
+        """Count a new pending session against both bounds; the bound that refused it, or
+        None. (`create` then stores it; a session whose expiry was never recorded, after a
+        crash between two writes, stops counting against its tenant a minute after its
+        deadline.)"""
+        refused: str = await self._reserve_pending(
+            keys=[self.keys.deadlines, self.keys.pending_of(tenant)],
+            args=[session_id, repr(deadline), max_total, max_tenant, repr(time.time() - 60)],
+        )
+        if refused == "ok":
+            return None
+        return "total" if refused == "total" else "tenant"
 
     async def decide_all(
         self,

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from core.audit import AuditLog
 from core.connect import connect
 from core.errors import GatewayError, RedisUnavailable
-from core.grants import ConversationIds, Grants
+from core.grants import ConversationIds, ConversationTaint, Grants
 from core.jobs import JobQueue
 from core.keys import Keys
 from core.runlog import RunLog
@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
             audit=audit_log,
             grants=Grants(redis, keys),
             conversation_ids=await ConversationIds.load(redis, keys),
+            taint=ConversationTaint(redis, keys, settings.session_retention_s),
             webhooks=webhooks if settings.webhooks else None,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)

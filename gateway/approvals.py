@@ -24,7 +24,10 @@ async def list_approvals(request: Request) -> JSONResponse:
     if status != "pending":
         raise InvalidRequest("status: only 'pending' can be listed")
     limit = query_int(request.query_params, "limit", 100, 1, 1000)
-    sessions = [s for s in await engine.store.list_pending(limit) if principal.sees(s)]
+    # A non-admin's list is read from its tenant's own index: another tenant's pending
+    # sessions cannot crowd it out of the first `limit`.
+    tenant = None if "admin" in principal.roles else principal.tenant
+    sessions = [s for s in await engine.store.list_pending(limit, tenant) if principal.sees(s)]
     return JSONResponse({"object": "list", "data": [shown(principal, s) for s in sessions]})
 
 

@@ -21,6 +21,8 @@ from gateway.events import (
     ContentDelta,
     Ended,
     Finished,
+    Heartbeat,
+    Item,
     LoggedEvent,
     Reattach,
     Resumed,
@@ -107,6 +109,17 @@ class ChunkWriter:
     def render(self, seq: int, event: LoggedEvent) -> bytes:
         """One event as SSE, every `data:` carrying the event's `id:`."""
         return b"".join(frame(seq, payload) for payload in self._payloads(event))
+
+    def items(self, items: list[Item]) -> bytes:
+        """What a run listener took at once, as SSE for one write."""
+        return b"".join(self._item(item) for item in items)
+
+    def _item(self, item: Item) -> bytes:
+        if isinstance(item, Heartbeat):
+            return sse.HEARTBEAT
+        if isinstance(item, tuple):
+            return self.render(*item)
+        return self.reattach(item)
 
     def reattach(self, event: Reattach) -> bytes:
         """Tell the client where to continue; no `id:`, so its last event id stays put."""

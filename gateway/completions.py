@@ -33,7 +33,7 @@ from gateway.events import (
     TextPieces,
 )
 from gateway.requests import ChatCompletionRequest, read_json, validate
-from gateway.runs import Item, RunRegistry
+from gateway.runs import RunRegistry
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ async def _stream(
                 # From here on the request is a run; it goes on if this client goes away.
                 run = await runs.start(event, events, seq, meta)
                 async for items in run.listen(seq):
-                    yield render_items(chunks, items)
+                    yield chunks.items(items)
                 return
             if isinstance(event, Heartbeat):
                 yield sse.HEARTBEAT
@@ -114,19 +114,6 @@ async def _stream(
         seq += 1
         yield chunks.render(seq, StreamFailed(error.code, error.message))
     yield chunks.render(seq + 1, Ended())
-
-
-def render_items(chunks: ChunkWriter, items: list[Item]) -> bytes:
-    """What a run listener took at once, as SSE for one write."""
-    return b"".join(_render_item(chunks, item) for item in items)
-
-
-def _render_item(chunks: ChunkWriter, item: Item) -> bytes:
-    if isinstance(item, Heartbeat):
-        return sse.HEARTBEAT
-    if isinstance(item, tuple):
-        return chunks.render(*item)
-    return chunks.reattach(item)
 
 
 async def _complete(

@@ -23,8 +23,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.audit import AuditLog
-from core.errors import DecisionConflict, RedisUnavailable
-from core.grants import ConversationIds, Grants
+from core.errors import DecisionConflict, RedisUnavailable, UpstreamError
+from core.grants import ConversationIds, ConversationTaint, Grants, GrantScope
 from core.jobs import JobQueue
 from core.records import (
     CALL_DONE_STATUSES,
@@ -47,7 +47,7 @@ from gateway.events import (
     TextPieces,
     ToolEvent,
 )
-from gateway.opening import open_session
+from gateway.opening import history_ids, open_session, provenance_of
 from gateway.upstream import RequestedCall, TurnEnd, Upstream
 from gateway.webhooks import WebhookSender
 
@@ -70,6 +70,7 @@ class Engine:
     audit: AuditLog
     grants: Grants
     conversation_ids: ConversationIds
+    taint: ConversationTaint
     webhooks: WebhookSender | None = None
 
     def check_redis(self) -> None:
@@ -131,6 +132,7 @@ async def converse(
 ) -> AsyncIterator[Event]:
     """Run the model until it answers, holding and running server-side tool calls on the way."""
     usage = _Usage()
+    answer: list[str] = []  # all the client's assistant message will say
     while True:
         offer_tools = rounds_used < engine.settings.max_tool_rounds
         tools = [*engine.toolbox.schemas, *ctx.client_tools] if offer_tools else []
@@ -141,15 +143,26 @@ async def converse(
                 turn = pieces
             else:
                 text += pieces
+                answer += pieces
                 yield TextPieces(pieces)
         usage.add(turn)
         client_calls = [c for c in turn.calls if c.name not in engine.toolbox]
         client_names = {t["function"]["name"] for t in ctx.client_tools}
         if not turn.calls or (client_calls and all(c.name in client_names for c in client_calls)):
+            ids = history_ids(client_calls, messages)
+            await _remember_taint(engine, ctx, messages, "".join(answer), ids)
             if client_calls:
-                yield ClientToolCalls([_openai_call(c) for c in client_calls])
+                calls = [_openai_call(c, i) for c, i in zip(client_calls, ids, strict=True)]
+                yield ClientToolCalls(calls)
             yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
             return
+        if not offer_tools:
+            # No tools were offered, so nothing may run: a model that calls them anyway
+            # would otherwise go round forever.
+            raise UpstreamError(
+                f"the model kept calling tools after {engine.settings.max_tool_rounds} rounds "
+                "(GATEWAY_MAX_TOOL_ROUNDS)"
+            )
         rounds_used += 1
         session = await open_session(engine, ctx, messages, "".join(text), turn.calls, rounds_used)
         # A held stream keeps only what it needs while it waits; the conversation is in
@@ -256,6 +269,7 @@ async def run_tools(
         return
     for started in _start_events(record):  # the calls are queued in the session already
         yield started
+    await _mark_if_untrusted(engine, record, queued)
     names = {call.id: call.name for call in record.view.tool_calls}
     await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
     timeout_s = engine.settings.tool_result_timeout_s
@@ -267,6 +281,26 @@ async def run_tools(
     done = all(call.status in CALL_DONE_STATUSES for call in record.view.tool_calls)
     conversation.extend(_tool_message(call) for call in record.view.tool_calls)
     await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
+
+
+async def _remember_taint(
+    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]], text: str, ids: list[str]
+) -> None:
+    """When the model answered with untrusted output in its context, mark its answer, so the
+    client's next request, which carries it but not the server-side results, is tainted too."""
+    scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
+    untrusted = any(p.untrusted for p in provenance_of(engine, messages))
+    if untrusted or await engine.taint.holds(scope, messages):
+        await engine.taint.mark(scope)
+        await engine.taint.mark_output(ctx.tenant, text, ids)
+
+
+async def _mark_if_untrusted(engine: Engine, record: SessionRecord, queued: list[str]) -> None:
+    """Untrusted output is about to enter the conversation: later requests in it see it."""
+    view = record.view
+    names = [call.name for call in view.tool_calls if call.id in queued]
+    if any(engine.toolbox.untrusted_output(name) for name in names):
+        await engine.taint.mark(GrantScope(view.tenant, view.requester, view.conversation))
 
 
 async def _await_results(
@@ -392,9 +426,9 @@ def _tool_message(call: ToolCallView) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call.upstream_id or call.id, "content": content}
 
 
-def _openai_call(call: RequestedCall) -> dict[str, Any]:
+def _openai_call(call: RequestedCall, call_id: str) -> dict[str, Any]:
     return {
-        "id": call.id,
+        "id": call_id,
         "type": "function",
         "function": {"name": call.name, "arguments": call.raw_arguments},
     }

@@ -166,6 +166,9 @@ def from_json(raw: str | bytes) -> LoggedEvent:
             return Ended()
 
 
+Item = tuple[int, LoggedEvent] | Heartbeat | Reattach
+"""What a run's listener takes: a numbered event, a heartbeat when idle, or where to go."""
+
 Event = (
     TextPieces
     | ContentDelta

@@ -61,29 +61,33 @@ async def open_session(
     """Classify a turn's calls, store the session (with its audit entries), and return it
     without its conversation (Redis has it; the claim reads it back)."""
     now = time.time()
+    scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
     provenance = provenance_of(engine, messages)
-    tainted = any(p.untrusted for p in provenance)
-    history_ids = _history_ids(calls)
+    # Untrusted output that ran in an earlier request of this conversation counts too: a
+    # client's history never holds the results of server-side tools.
+    tainted = any(p.untrusted for p in provenance) or await engine.taint.holds(scope, messages)
+    ids = history_ids(calls, messages)
     views = [
-        _classify(engine, call, index, tainted, history_ids[index])
-        for index, call in enumerate(calls)
+        _classify(engine, call, index, tainted, ids[index]) for index, call in enumerate(calls)
     ]
-    views = await _apply_grants(engine, ctx, views, tainted, now)
+    views = await _apply_grants(engine, scope, views, tainted, now)
     statuses = {v.status for v in views}
+    session_id = new_session_id()
+    expires_at = now + engine.settings.approval_timeout_s
     if CallStatus.PENDING in statuses:
-        await _check_pending_room(engine, ctx.tenant)
+        await _reserve_pending(engine, session_id, ctx.tenant, expires_at)
         status = SessionStatus.PENDING
     elif CallStatus.APPROVED in statuses:
         status = SessionStatus.APPROVED
     else:
         status = SessionStatus.REJECTED
     session = ApprovalSession(
-        id=new_session_id(),
+        id=session_id,
         status=status,
         protocol=ctx.protocol,
         model=ctx.model,
         created_at=now,
-        expires_at=now + engine.settings.approval_timeout_s,
+        expires_at=expires_at,
         tenant=ctx.tenant,
         requester=ctx.requester,
         conversation=ctx.conversation,
@@ -101,6 +105,8 @@ async def open_session(
     record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
     initial = {v.id: v.decision for v in views if v.decision is not None}
     await engine.store.create(record, initial, _opened_entries(session))
+    if tainted:
+        await engine.taint.mark(scope)
     if status is SessionStatus.PENDING and engine.webhooks is not None:
         engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
     return record.model_copy(update={"continuation": Continuation(messages=[])})
@@ -122,12 +128,21 @@ def provenance_of(engine: Engine, messages: Sequence[Mapping[str, Any]]) -> list
     return found
 
 
-def _history_ids(calls: Sequence[RequestedCall]) -> list[str]:
+def history_ids(calls: Sequence[RequestedCall], messages: Sequence[Mapping[str, Any]]) -> list[str]:
     """The id each call has in the model's history: its own when present and unique in the
-    turn (upstreams may check that their ids come back), else one the gateway makes."""
+    turn and the conversation so far (upstreams may check that their ids come back), else
+    one the gateway makes."""
     counts = Counter(call.id for call in calls)
+    used = {
+        str(call.get("id"))
+        for message in messages
+        for call in message.get("tool_calls") or ()
+        if isinstance(call, Mapping)
+    }
     return [
-        call.id if call.id and counts[call.id] == 1 and len(call.id) <= 128 else _mint()
+        call.id
+        if call.id and counts[call.id] == 1 and call.id not in used and len(call.id) <= 128
+        else _mint()
         for call in calls
     ]
 
@@ -181,13 +196,12 @@ def _classify(
 
 
 async def _apply_grants(
-    engine: Engine, ctx: ChatContext, views: list[ToolCallView], tainted: bool, now: float
+    engine: Engine, scope: GrantScope, views: list[ToolCallView], tainted: bool, now: float
 ) -> list[ToolCallView]:
     """Calls that would ask but are covered by a grant of this requester in this
     conversation run. Once untrusted output is in the conversation, only a grant for
     exactly these arguments covers a call: a standing "any arguments" grant does not."""
     asking = [(v.id, v.name, v.arguments_sha256) for v in views if v.status is CallStatus.PENDING]
-    scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
     covered = await engine.grants.covering(scope, asking, exact_only=tainted)
     granted = []
     for view in views:
@@ -208,15 +222,22 @@ async def _apply_grants(
     return granted
 
 
-async def _check_pending_room(engine: Engine, tenant: str) -> None:
+async def _reserve_pending(engine: Engine, session_id: str, tenant: str, deadline: float) -> None:
+    """Take a place in the deployment's and the tenant's pending sessions, atomically."""
     settings = engine.settings
-    total, of_tenant = await engine.store.count_pending(tenant)
-    if total >= settings.max_pending_sessions:
+    refused = await engine.store.reserve_pending(
+        session_id,
+        tenant,
+        deadline,
+        settings.max_pending_sessions,
+        settings.max_pending_sessions_per_tenant,
+    )
+    if refused == "total":
         raise Overloaded("too many approval sessions are pending; try again later")
-    if of_tenant >= settings.max_pending_sessions_per_tenant:
+    if refused == "tenant":
         raise Overloaded(
-            f"this tenant has {of_tenant} approval sessions pending, its share; "
-            "decide some or try again later"
+            "this tenant has as many approval sessions pending as its share allows "
+            "(GATEWAY_MAX_PENDING_SESSIONS_PER_TENANT); decide some or try again later"
         )
 
 

@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import NoStream, Unavailable
+from core.errors import NoStream, SessionNotFound, Unavailable
 from gateway import sse
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
-from gateway.completions import render_items
 from gateway.conversation import Engine
 from gateway.events import Ended, Reattach, from_json
 from gateway.requests import parse_int
@@ -38,13 +37,22 @@ async def reattach(request: Request) -> Response:
         raise Unavailable("this replica is shutting down; retry on another")
     record = await engine.store.get(request.path_params["session_id"])
     principal.require_sees(record.view)
+    if principal.name != record.view.requester and not principal.has("approver"):
+        # A requester follows its own streams only: another key's holds its conversation.
+        raise SessionNotFound(f"no approval session {record.id!r}")
     if not record.log_id:
         raise NoStream(f"approval session {record.id!r} belongs to no stream to re-attach to")
-    after = _last_event_id(request)
-    fields = await runs.runlog.meta(record.log_id)
-    meta = ChunkMeta.of_fields(fields) if fields else ChunkMeta.new(record.view.model, False)
+    return await follow_run(request, record.log_id, _last_event_id(request), record.view.model)
+
+
+async def follow_run(request: Request, log_id: str, after: int, model: str) -> Response:
+    """A stream of run `log_id`'s events after `after`, live until it ends, on this replica."""
+    engine: Engine = request.app.state.engine
+    runs: RunRegistry = request.app.state.runs
+    fields = await runs.runlog.meta(log_id)
+    meta = ChunkMeta.of_fields(fields) if fields else ChunkMeta.new(model, False)
     slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_follow(engine, runs, record.log_id, after, meta))
+    return slots.response(_follow(engine, runs, log_id, after, meta))
 
 
 def _last_event_id(request: Request) -> int:
@@ -87,7 +95,7 @@ async def _replay_and_follow(
                     return
             if run is not None:
                 async for items in run.listen(cursor):
-                    yield render_items(chunks, items)
+                    yield chunks.items(items)
                 return
             if runs.draining:
                 yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", cursor))

@@ -30,6 +30,7 @@ from gateway.events import (
     Event,
     Finished,
     Heartbeat,
+    Item,
     LoggedEvent,
     Reattach,
     Resumed,
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 _URGENT = (ApprovalNotice, ToolEvent, Finished, StreamFailed, Ended)
 """Events flushed to the log at once; content deltas wait for the batch window."""
-
-Item = tuple[int, LoggedEvent] | Heartbeat | Reattach
 
 
 class Listener:

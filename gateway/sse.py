@@ -22,7 +22,11 @@ a cancellation. A bug or odd model output must still end the stream, never cut i
 leave it heartbeating; `as_gateway_error` logs what is not a `GatewayError`."""
 
 DONE = b"data: [DONE]\n\n"
-HEARTBEAT = b": heartbeat\n\n"
+HEARTBEAT = b": heartbeat\n"
+"""A comment line and no blank line after it: a blank line ends an event, and once a stream
+has sent an `id:`, clients that keep the last event id (the `openai` SDKs among them)
+dispatch an empty event for it and fail to parse it. A lone comment line dispatches nothing;
+the next event's lines simply follow it."""
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 

@@ -274,13 +274,16 @@ class TurnBuilder:
             self.finished = True
         delta = choice.get("delta") or {}
         for part in delta.get("tool_calls") or ():
-            call = self.calls.setdefault(part.get("index", len(self.calls)), ["", "", ""])
+            index = part.get("index", len(self.calls))
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise UpstreamError("upstream sent a tool call whose index is not an integer")
+            call = self.calls.setdefault(index, ["", "", ""])
             function = part.get("function") or {}
-            call[0] = part.get("id") or call[0]
-            name = function.get("name") or ""
+            call_id, name, arguments = _strings(part.get("id"), *_parts(function))
+            call[0] = call_id or call[0]
             if name != call[1]:  # a name repeated on every delta is not appended again
                 call[1] += name
-            call[2] += function.get("arguments") or ""
+            call[2] += arguments
         if delta.get("function_call"):
             self.legacy_call = self.legacy_call or str(delta["function_call"].get("name") or "?")
         content = delta.get("content")
@@ -297,8 +300,7 @@ class TurnBuilder:
         message = choice.get("message") or {}
         for index, call in enumerate(message.get("tool_calls") or ()):
             function = call.get("function") or {}
-            arguments = function.get("arguments") or ""
-            self.calls[index] = [call.get("id") or "", function.get("name") or "", arguments]
+            self.calls[index] = list(_strings(call.get("id"), *_parts(function)))
         if message.get("function_call"):
             self.legacy_call = str(message["function_call"].get("name") or "?")
         content = message.get("content")
@@ -317,6 +319,20 @@ class TurnBuilder:
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
+
+
+def _parts(function: Any) -> tuple[Any, Any]:
+    if not isinstance(function, dict):
+        raise UpstreamError("upstream sent a tool call whose function is not an object")
+    return function.get("name"), function.get("arguments")
+
+
+def _strings(*values: Any) -> tuple[str, ...]:
+    """A tool call's id, name and arguments text: strings (absent ones empty), or the
+    upstream answered something unusable."""
+    if any(value is not None and not isinstance(value, str) for value in values):
+        raise UpstreamError("upstream sent a tool call whose id, name or arguments is not text")
+    return tuple(value or "" for value in values)
 
 
 def _requested(call_id: str, name: str, raw: str) -> RequestedCall:
