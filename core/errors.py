@@ -14,7 +14,8 @@
     ├── SessionNotFound         404 session_not_found
     ├── DecisionConflict        409 decision_conflict
     │   ├── HashMismatch        409 hash_mismatch
-    │   └── WrongProtocol       409 wrong_protocol
+    │   ├── WrongProtocol       409 wrong_protocol
+    │   └── IdempotencyKeyReused 409 idempotency_key_reused
     ├── NoStream                409 no_stream
     ├── SessionExpired          410 session_expired
     ├── UpstreamError           502 upstream_error
@@ -132,6 +133,12 @@ class WrongProtocol(DecisionConflict):
     """The first version's approve was asked to decide a session of the OpenAI protocol."""
 
     code = "wrong_protocol"
+
+
+class IdempotencyKeyReused(DecisionConflict):
+    """The `Idempotency-Key` was sent before with a different request."""
+
+    code = "idempotency_key_reused"
 
 
 class NoStream(GatewayError):

@@ -350,14 +350,16 @@ return 1
 # ARGV[1] the request's fingerprint (SHA-256 of its body)
 # ARGV[2] until: unix seconds after which a running request counts as abandoned
 # ARGV[3] retention seconds of the record
+# ARGV[4] '1' when the request says it is a first attempt: it replaces any record
 # Returns {'new'} when this request is the first, else {'seen', HGETALL}.
 CLAIM_IDEMPOTENCY_KEY = (
     _HELPERS
     + """
 local found = redis.call('HGETALL', KEYS[1])
-if #found > 0 then
-  local state, until = redis.call('HGET', KEYS[1], 'state'), redis.call('HGET', KEYS[1], 'until')
-  if not (state == 'running' and tonumber(until) < now_s()) then return {'seen', found} end
+if #found > 0 and ARGV[4] ~= '1' then
+  local state = redis.call('HGET', KEYS[1], 'state')
+  local abandoned_at = tonumber(redis.call('HGET', KEYS[1], 'until'))
+  if not (state == 'running' and abandoned_at < now_s()) then return {'seen', found} end
   redis.call('DEL', KEYS[1])
 end
 redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'state', 'running', 'until', ARGV[2])

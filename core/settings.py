@@ -124,6 +124,9 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=10.0, gt=0, description="a dead replica's runs wait this long")
     log_flush_ms: float = Field(default=20.0, gt=0, description="batch window of run-log writes")
     session_retention_s: int = Field(default=24 * 3600, ge=60)
+    idempotency_retention_s: int = Field(
+        default=24 * 3600, ge=60, description="how long an Idempotency-Key's request is kept"
+    )
 
     # Limits
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)

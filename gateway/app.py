@@ -24,6 +24,7 @@ from core.audit import AuditLog
 from core.connect import connect
 from core.errors import GatewayError, RedisUnavailable
 from core.grants import ConversationIds, ConversationTaint, Grants
+from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.keys import Keys
 from core.runlog import RunLog
@@ -86,6 +87,7 @@ def create_app(settings: Settings) -> Starlette:
             grants=Grants(redis, keys),
             conversation_ids=await ConversationIds.load(redis, keys),
             taint=ConversationTaint(redis, keys, settings.session_retention_s),
+            idempotency=IdempotentRequests(redis, keys, settings.idempotency_retention_s),
             webhooks=webhooks if settings.webhooks else None,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)

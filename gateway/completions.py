@@ -12,10 +12,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.errors import InvalidRequest, Unavailable
+from core.errors import GatewayError, InvalidRequest, Unavailable
 from core.records import SessionStatus
 from gateway import sse
 from gateway.auth import principal_of
@@ -32,6 +33,7 @@ from gateway.events import (
     StreamFailed,
     TextPieces,
 )
+from gateway.idempotent import Retry
 from gateway.requests import ChatCompletionRequest, read_json, validate
 from gateway.runs import RunRegistry
 
@@ -49,8 +51,12 @@ async def chat_completions(request: Request) -> Response:
     if runs.draining:
         raise Unavailable("this replica is shutting down; retry on another")
     engine.check_redis()
-    body = validate(ChatCompletionRequest, await read_json(request, engine.settings.max_body_bytes))
+    raw = await read_json(request, engine.settings.max_body_bytes)
+    body = validate(ChatCompletionRequest, raw)
     _check_limits(engine, body)
+    retry = Retry.of(engine, principal, request, raw)
+    if retry is not None and (prior := await retry.claim()) is not None:
+        return await retry.repeat(request, prior, body.stream)
     conversation, label = engine.conversation_ids.resolve(
         request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
     )
@@ -73,8 +79,16 @@ async def chat_completions(request: Request) -> Response:
     headers = {CONVERSATION_HEADER: conversation}
     if body.stream:
         slots: sse.StreamSlots = request.app.state.stream_slots
-        return slots.response(_stream(runs, events, meta), headers)
-    return JSONResponse(await _complete(engine, events, ChunkWriter(meta)), headers=headers)
+        return slots.response(_stream(runs, events, meta, retry), headers)
+    try:
+        completion = await _complete(engine, events, ChunkWriter(meta))
+    except GatewayError as error:
+        if retry is not None:
+            await retry.failed(error)
+        raise
+    if retry is not None:
+        await retry.answered(200, orjson.dumps(completion))
+    return JSONResponse(completion, headers=headers)
 
 
 def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
@@ -86,7 +100,7 @@ def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
 
 
 async def _stream(
-    runs: RunRegistry, events: AsyncIterator[Event], meta: ChunkMeta
+    runs: RunRegistry, events: AsyncIterator[Event], meta: ChunkMeta, retry: Retry | None
 ) -> AsyncIterator[bytes]:
     chunks = ChunkWriter(meta)
     seq = 1
@@ -100,6 +114,8 @@ async def _stream(
             if isinstance(event, ApprovalNotice) and event.session.status is SessionStatus.PENDING:
                 # From here on the request is a run; it goes on if this client goes away.
                 run = await runs.start(event, events, seq, meta)
+                if retry is not None:
+                    await retry.became_run(run.log_id)
                 async for items in run.listen(seq):
                     yield chunks.items(items)
                 return
@@ -113,6 +129,8 @@ async def _stream(
         log.warning("stream %s ended by %s: %s", meta.completion_id, error.code, error.message)
         seq += 1
         yield chunks.render(seq, StreamFailed(error.code, error.message))
+    if retry is not None:
+        await retry.ended()
     yield chunks.render(seq + 1, Ended())
 
 

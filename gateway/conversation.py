@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.audit import AuditLog
 from core.errors import DecisionConflict, RedisUnavailable, UpstreamError
 from core.grants import ConversationIds, ConversationTaint, Grants, GrantScope
+from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.records import (
     CALL_DONE_STATUSES,
@@ -71,6 +72,7 @@ class Engine:
     grants: Grants
     conversation_ids: ConversationIds
     taint: ConversationTaint
+    idempotency: IdempotentRequests
     webhooks: WebhookSender | None = None
 
     def check_redis(self) -> None:
