@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # Approvals
     approval_timeout_s: float = Field(default=600.0, gt=0)
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    approval_notice_as_content: bool = False
+    """Also say a pending approval as a content delta, for clients that read ahead to the
+    first content (a request's `X-Approval-Notice: content|chunk` overrides it)."""
     reread_interval_s: float = Field(default=2.0, gt=0)
     tool_result_timeout_s: float = Field(default=120.0, gt=0, description="wait for workers")
     lease_s: float = Field(default=10.0, gt=0, description="a dead replica's runs wait this long")

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from core.records import ApprovalSession
 from gateway import sse
 from gateway.events import (
     ApprovalNotice,
@@ -39,10 +40,13 @@ class ChunkMeta:
     model: str
     created: int
     include_usage: bool
+    notice_as_content: bool = False
+    """Also say a pending approval notice as a content delta (for clients that read ahead)."""
 
     @classmethod
-    def new(cls, model: str, include_usage: bool) -> ChunkMeta:
-        return cls("chatcmpl-" + secrets.token_hex(12), model, int(time.time()), include_usage)
+    def new(cls, model: str, include_usage: bool, notice_as_content: bool = False) -> ChunkMeta:
+        completion_id = "chatcmpl-" + secrets.token_hex(12)
+        return cls(completion_id, model, int(time.time()), include_usage, notice_as_content)
 
     def as_fields(self) -> dict[str, str]:
         return {
@@ -50,12 +54,14 @@ class ChunkMeta:
             "model": self.model,
             "created": str(self.created),
             "include_usage": "1" if self.include_usage else "",
+            "notice_as_content": "1" if self.notice_as_content else "",
         }
 
     @classmethod
     def of_fields(cls, fields: dict[str, str]) -> ChunkMeta:
         created, include_usage = int(fields["created"]), bool(fields["include_usage"])
-        return cls(fields["completion_id"], fields["model"], created, include_usage)
+        notice = bool(fields.get("notice_as_content"))
+        return cls(fields["completion_id"], fields["model"], created, include_usage, notice)
 
 
 class ChunkWriter:
@@ -131,7 +137,10 @@ class ChunkWriter:
             case ContentDelta(text):
                 return [self._content_payload(text)]
             case ApprovalNotice(session):
-                return [orjson.dumps(self.chunk({}, approval=session.model_dump(mode="json")))]
+                notice = orjson.dumps(self.chunk({}, approval=session.model_dump(mode="json")))
+                if not self.meta.notice_as_content or session.status != "pending":
+                    return [notice]
+                return [notice, self._content_payload(notice_text(session))]
             case ToolEvent():
                 return [orjson.dumps(self.chunk({}, tool_event=event.payload()))]
             case ClientToolCalls(calls):
@@ -149,6 +158,15 @@ class ChunkWriter:
                 return [orjson.dumps(self.chunk({}, resumed={"replica": replica}))]
             case Ended():
                 return [b"[DONE]"]
+
+
+def notice_text(session: ApprovalSession) -> str:
+    """A pending approval said in words, for clients that show only content."""
+    waiting = [call.name for call in session.tool_calls if call.status == "pending"]
+    return (
+        f"[Waiting for approval of {', '.join(waiting)}: approval session {session.id}, "
+        f"conversation {session.conversation}]\n"
+    )
 
 
 def frame(seq: int, payload: bytes) -> bytes:

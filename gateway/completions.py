@@ -39,6 +39,9 @@ from gateway.runs import RunRegistry
 
 log = logging.getLogger(__name__)
 
+NOTICE_HEADER = "x-approval-notice"
+"""`content`: also say the approval notice as a content delta; `chunk`: only the extra field."""
+
 CONVERSATION_HEADER = "X-Conversation-Id"
 """Response header with the conversation id grants are scoped to; send it back to keep them."""
 
@@ -75,7 +78,11 @@ async def chat_completions(request: Request) -> Response:
     )
     events = converse(engine, ctx, [m.as_dict() for m in body.messages])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    meta = ChunkMeta.new(ctx.model, include_usage)
+    notice = request.headers.get(NOTICE_HEADER, "").lower()
+    as_content = notice == "content" or (
+        notice != "chunk" and engine.settings.approval_notice_as_content
+    )
+    meta = ChunkMeta.new(ctx.model, include_usage, as_content)
     headers = {CONVERSATION_HEADER: conversation}
     if body.stream:
         slots: sse.StreamSlots = request.app.state.stream_slots
