@@ -204,6 +204,8 @@ class ApprovalSession(BaseModel):
     """The gateway-issued conversation id (`X-Conversation-Id`) that grants are scoped to."""
     conversation_label: str = ""
     """A conversation name the client chose itself: shown, never used for grants."""
+    request_id: str = ""
+    """The `X-Request-Id` of the chat request that opened the session."""
     tainted: bool = False
     """Untrusted tool output was in the conversation before these calls."""
     provenance: list[Provenance] = Field(default_factory=list)
@@ -267,6 +269,7 @@ class SessionRecord(BaseModel):
             requester=fields.get("requester", "anonymous"),
             conversation=fields.get("conversation", ""),
             conversation_label=fields.get("conversation_label", ""),
+            request_id=fields.get("request_id", ""),
             tainted=fields.get("tainted") == "1",
             provenance=_provenance(fields.get("provenance")),
             tool_calls=views,
@@ -294,6 +297,7 @@ def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -
         "requester": session.requester,
         "conversation": session.conversation,
         "conversation_label": session.conversation_label,
+        "request_id": session.request_id,
         "tainted": "1" if session.tainted else "",
         "provenance": orjson.dumps([p.model_dump() for p in session.provenance]).decode(),
         "calls": orjson.dumps(

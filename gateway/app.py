@@ -36,6 +36,7 @@ from gateway import approvals, audit, completions, health, legacy, reattach
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.hosts import HostGuard
+from gateway.request_ids import RequestIds
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
@@ -140,7 +141,9 @@ def create_app(settings: Settings) -> Starlette:
     }
     # Open mode serves loopback hosts only (DNS rebinding); `allowed_hosts` narrows any mode.
     guard = Middleware(HostGuard, allowed=settings.allowed_hosts, respond=error_response)
-    middleware = [guard] if settings.allowed_hosts or authenticator.open else []
+    middleware = [Middleware(RequestIds)]
+    if settings.allowed_hosts or authenticator.open:
+        middleware.append(guard)
     return Starlette(
         routes=routes,
         middleware=middleware,

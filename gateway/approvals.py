@@ -28,6 +28,12 @@ async def list_approvals(request: Request) -> JSONResponse:
     # sessions cannot crowd it out of the first `limit`.
     tenant = None if "admin" in principal.roles else principal.tenant
     sessions = [s for s in await engine.store.list_pending(limit, tenant) if principal.sees(s)]
+    conversation = request.query_params.get("conversation")
+    if conversation:  # the issued id, or the client's own label
+        sessions = [s for s in sessions if conversation in (s.conversation, s.conversation_label)]
+    request_id = request.query_params.get("request_id")
+    if request_id:
+        sessions = [s for s in sessions if s.request_id == request_id]
     return JSONResponse({"object": "list", "data": [shown(principal, s) for s in sessions]})
 
 

@@ -34,6 +34,7 @@ from gateway.events import (
     TextPieces,
 )
 from gateway.idempotent import Retry
+from gateway.request_ids import request_id_of
 from gateway.requests import ChatCompletionRequest, read_json, validate
 from gateway.runs import RunRegistry
 
@@ -75,6 +76,7 @@ async def chat_completions(request: Request) -> Response:
         requester=principal.name,
         conversation=conversation,
         conversation_label=label,
+        request_id=request_id_of(request.scope),
     )
     events = converse(engine, ctx, [m.as_dict() for m in body.messages])
     include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -101,6 +101,8 @@ class ChatContext:
     """The gateway-issued conversation id grants are scoped to (`X-Conversation-Id`)."""
     conversation_label: str = ""
     """What the client sent as `X-Conversation-Id` when it was not an id issued to it."""
+    request_id: str = ""
+    """The request's `X-Request-Id`, kept on its sessions."""
 
     @classmethod
     def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
@@ -116,6 +118,7 @@ class ChatContext:
             requester=record.view.requester,
             conversation=record.view.conversation,
             conversation_label=record.view.conversation_label,
+            request_id=record.view.request_id,
         )
 
 

@@ -23,6 +23,7 @@ from gateway.auth import principal_of
 from gateway.completions import CONVERSATION_HEADER
 from gateway.conversation import ChatContext, Engine, converse, resume
 from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
+from gateway.request_ids import request_id_of
 from gateway.requests import (
     DecisionRequest,
     LegacyApproveRequest,
@@ -53,6 +54,7 @@ async def chat_completion(request: Request) -> Response:
         requester=principal.name,
         conversation=conversation,
         conversation_label=label,
+        request_id=request_id_of(request.scope),
     )
     messages = [m.model_dump() for m in body.messages]
     slots: sse.StreamSlots = request.app.state.stream_slots

@@ -92,6 +92,7 @@ async def open_session(
         requester=ctx.requester,
         conversation=ctx.conversation,
         conversation_label=ctx.conversation_label,
+        request_id=ctx.request_id,
         tainted=tainted,
         provenance=provenance[-MAX_PROVENANCE:],
         tool_calls=views,

@@ -1,0 +1,43 @@
+"""`X-Request-Id`: every response carries one, the client's own when it sent a usable one.
+
+The id is also kept on the approval sessions a chat request opens (`request_id`), so a
+client whose library hides the extra fields of a stream can find its approval with
+`GET /v1/approvals?request_id=...`.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = b"x-request-id"
+_USABLE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The id of the request being served (set by `RequestIds`)."""
+    return str(scope.get("state", {}).get("request_id", ""))
+
+
+class RequestIds:
+    """Pure ASGI middleware: picks the request's id and puts it on the response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = next((value for name, value in scope["headers"] if name == HEADER), b"")
+        request_id = sent if _USABLE.fullmatch(sent) else f"req_{secrets.token_hex(12)}".encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (HEADER, request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
