@@ -11,6 +11,8 @@
     ├── Forbidden               403 forbidden
     │   ├── SelfApproval        403 self_approval
     │   └── EditRefused         403 edit_refused
+    ├── NotFound                404 not_found
+    ├── MethodNotAllowed        405 method_not_allowed
     ├── SessionNotFound         404 session_not_found
     ├── DecisionConflict        409 decision_conflict
     │   ├── HashMismatch        409 hash_mismatch
@@ -19,14 +21,32 @@
     ├── NoStream                409 no_stream
     ├── SessionExpired          410 session_expired
     ├── UpstreamError           502 upstream_error
+    │   ├── UpstreamRejected    400 upstream_rejected
+    │   └── UpstreamRateLimited 429 upstream_rate_limited
     └── Unavailable             503 unavailable
         ├── RedisUnavailable    503 redis_unavailable
         └── Overloaded          503 overloaded
 
-Every error body is `{"error": {"code": ..., "message": ...}}`.
+Every error body is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
+`code` is the stable code above, `type` OpenAI's kind of error for the status
+(`invalid_request_error`, `authentication_error`, `permission_error`, `not_found_error`,
+`conflict_error`, `rate_limit_error`, `server_error`), `param` the request field at fault
+or null.
 """
 
 from __future__ import annotations
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    410: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 
 class GatewayError(Exception):
@@ -35,13 +55,27 @@ class GatewayError(Exception):
     status_code = 500
     code = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        """The request field at fault, when one is."""
 
-    def body(self) -> dict[str, dict[str, str]]:
-        """The JSON error body."""
-        return {"error": {"code": self.code, "message": self.message}}
+    @property
+    def type(self) -> str:
+        """OpenAI's kind of error for this status."""
+        return _TYPES.get(self.status_code, "server_error")
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        """The JSON error body, as OpenAI writes it."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class InvalidRequest(GatewayError):
@@ -109,6 +143,20 @@ class EditRefused(Forbidden):
     code = "edit_refused"
 
 
+class NotFound(GatewayError):
+    """No route has this path (or no model this id)."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    """The route does not take this method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
 class SessionNotFound(GatewayError):
     """No approval session has this id (or it was cleaned up)."""
 
@@ -160,6 +208,20 @@ class UpstreamError(GatewayError):
 
     status_code = 502
     code = "upstream_error"
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request as invalid (its 4xx): the client's request is at fault."""
+
+    status_code = 400
+    code = "upstream_rejected"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The upstream answered 429: retry later, as against the upstream itself."""
+
+    status_code = 429
+    code = "upstream_rate_limited"
 
 
 class Unavailable(GatewayError):

@@ -14,6 +14,36 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+OPENAI_FIELDS = (
+    "audio",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "metadata",
+    "modalities",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "temperature",
+    "tool_choice",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+    "web_search_options",
+)
+"""The request fields of OpenAI's Chat Completions that the gateway passes on as they are."""
+
 
 class PolicyMode(StrEnum):
     """What the gateway does when the model asks for a tool."""
@@ -94,6 +124,20 @@ class Settings(BaseSettings):
     upstream_api_key: SecretStr = SecretStr("offline")
     upstream_model: str = "offline-model"
     upstream_timeout_s: float = Field(default=120.0, gt=0)
+    models: list[str] = Field(default_factory=list)
+    """The model ids `GET /v1/models` lists; empty: the upstream's own list."""
+    upstream_tool_choice: Literal["auto", "omit"] = "auto"
+    """`auto`: send `tool_choice: "auto"` when tools are offered and the client chose none
+    (llama.cpp's server takes a missing one as `none`); `omit`: send none."""
+    upstream_assistant_content: Literal["null", "empty"] = "null"
+    """How an assistant message with tool calls and no text says so upstream: `null` (as
+    OpenAI does) or `empty` (`""`, for servers that refuse null, such as llama.cpp's)."""
+    upstream_stream_tools: Literal["auto", "always", "never"] = "auto"
+    """`auto`: stream, and if the upstream answers a streamed request with tools with an
+    empty body or a 400/422/501, ask it whole from then on; `always`; `never`: ask whole
+    whenever tools are offered."""
+    upstream_fields: list[str] = Field(default_factory=lambda: list(OPENAI_FIELDS))
+    """The Chat Completions request fields passed on to the upstream (OpenAI's by default)."""
     upstream_adapter: Literal["wire", "langchain"] = "wire"
     """`wire`: aiohttp + orjson on the OpenAI wire format; `langchain`: langchain-openai."""
 
@@ -153,6 +197,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(default=5, ge=0, description="bound on a replica's shutdown")
     allow_open_bind: bool = False
     """Let a gateway without `api_keys` (open mode) listen on a non-loopback address."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins whose pages may call the API from a browser (CORS); empty: none. `["*"]` is any
+    origin: use it only with API keys (an open gateway would let any page approve calls)."""
     allowed_hosts: list[str] = Field(default_factory=list)
     """`Host` values served (`gateway.example.com`, `*.example.com`, `127.0.0.1:8000`);
     others get 400. Empty: any host, or in open mode only loopback ones."""

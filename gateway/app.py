@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -16,13 +17,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.audit import AuditLog
 from core.connect import connect
-from core.errors import GatewayError, RedisUnavailable
+from core.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    RedisUnavailable,
+)
 from core.grants import ConversationIds, ConversationTaint, Grants
 from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
@@ -32,10 +40,11 @@ from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, WakeupHub
-from gateway import approvals, audit, completions, health, legacy, reattach
+from gateway import approvals, audit, completions, health, legacy, models, reattach
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.hosts import HostGuard
+from gateway.models import ModelList
 from gateway.request_ids import RequestIds
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
@@ -92,6 +101,8 @@ def create_app(settings: Settings) -> Starlette:
             webhooks=webhooks if settings.webhooks else None,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)
+        app.state.models = ModelList(app.state.engine)
+        app.state.started_at = time.time()
         app.state.authenticator = authenticator
         runlog = RunLog(redis, keys, settings.session_retention_s, background=background)
         app.state.runs = runs = RunRegistry(app.state.engine, runlog)
@@ -121,6 +132,8 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         Route("/v1/chat/completions", completions.chat_completions, methods=["POST"]),
+        Route("/v1/models", models.list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
         Route("/v1/approvals", approvals.list_approvals, methods=["GET"]),
         Route("/v1/approvals/{session_id}", approvals.get_approval, methods=["GET"]),
         Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
@@ -144,11 +157,25 @@ def create_app(settings: Settings) -> Starlette:
     middleware = [Middleware(RequestIds)]
     if settings.allowed_hosts or authenticator.open:
         middleware.append(guard)
+    if settings.cors_origins:
+        middleware.append(_cors(settings.cors_origins))
     return Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers=exception_handlers,
+    )
+
+
+def _cors(origins: list[str]) -> Middleware:
+    """Browser clients on these origins may call the API (their key still decides what)."""
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["*"],  # the SDKs send several x-stainless-* headers
+        expose_headers=["x-conversation-id", "x-request-id"],
+        max_age=600,
     )
 
 
@@ -176,7 +203,6 @@ async def _unexpected_error(request: Request, error: Exception) -> Response:
 
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    return JSONResponse(
-        {"error": {"code": code, "message": error.detail}}, status_code=error.status_code
-    )
+    kinds: dict[int, type[GatewayError]] = {404: NotFound, 405: MethodNotAllowed}
+    kind = kinds.get(error.status_code, InvalidRequest if error.status_code < 500 else GatewayError)
+    return error_response(request.url.path, kind(error.detail))

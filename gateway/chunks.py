@@ -152,8 +152,8 @@ class ChunkWriter:
                     usage = {**self.chunk({}), "choices": [], "usage": self.usage(event)}
                     payloads.append(orjson.dumps(usage))
                 return payloads
-            case StreamFailed(code, message):
-                return [orjson.dumps({"error": {"code": code, "message": message}})]
+            case StreamFailed():
+                return [orjson.dumps(event.body())]
             case Resumed(replica):
                 return [orjson.dumps(self.chunk({}, resumed={"replica": replica}))]
             case Ended():

@@ -68,9 +68,8 @@ async def chat_completions(request: Request) -> Response:
         model=body.model or engine.settings.upstream_model,
         protocol="openai",
         hold=True,
-        params=body.upstream_params()
-        | ({"tool_choice": body.tool_choice} if body.tool_choice else {}),
-        client_tools=[tool.model_dump() for tool in body.tools],
+        params=body.upstream_params(engine.settings.upstream_fields),
+        client_tools=[tool.model_dump(exclude_none=True) for tool in body.tools],
         logged=body.stream,
         tenant=principal.tenant,
         requester=principal.name,
@@ -86,18 +85,29 @@ async def chat_completions(request: Request) -> Response:
     )
     meta = ChunkMeta.new(ctx.model, include_usage, as_content)
     headers = {CONVERSATION_HEADER: conversation}
-    if body.stream:
-        slots: sse.StreamSlots = request.app.state.stream_slots
-        return slots.response(_stream(runs, events, meta, retry), headers)
     try:
-        completion = await _complete(engine, events, ChunkWriter(meta))
+        if body.stream:
+            # The headers wait for the upstream's first answer, so an upstream that fails
+            # before it gets a real HTTP status, which the SDKs retry as they would OpenAI.
+            first = await anext(events)
+        else:
+            completion = await _complete(engine, events, ChunkWriter(meta))
     except GatewayError as error:
         if retry is not None:
             await retry.failed(error)
         raise
+    if body.stream:
+        slots: sse.StreamSlots = request.app.state.stream_slots
+        return slots.response(_stream(runs, _after(first, events), meta, retry), headers)
     if retry is not None:
         await retry.answered(200, orjson.dumps(completion))
     return JSONResponse(completion, headers=headers)
+
+
+async def _after(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
@@ -137,7 +147,7 @@ async def _stream(
         error = sse.as_gateway_error(raised)
         log.warning("stream %s ended by %s: %s", meta.completion_id, error.code, error.message)
         seq += 1
-        yield chunks.render(seq, StreamFailed(error.code, error.message))
+        yield chunks.render(seq, StreamFailed.of(error))
     if retry is not None:
         await retry.ended()
     yield chunks.render(seq + 1, Ended())

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from core.errors import GatewayError
 from core.records import ApprovalSession
 
 
@@ -88,6 +89,18 @@ class StreamFailed:
 
     code: str
     message: str
+    type: str = "server_error"
+    """OpenAI's kind of error (`GatewayError.type`)."""
+
+    @classmethod
+    def of(cls, error: GatewayError) -> StreamFailed:
+        return cls(error.code, error.message, error.type)
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        """The error as OpenAI streams it."""
+        return {
+            "error": {"message": self.message, "type": self.type, "param": None, "code": self.code}
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +148,8 @@ def to_json(event: LoggedEvent) -> bytes:
             return orjson.dumps({"k": "tool", **event.payload()})
         case Finished(reason, prompt, completion):
             return orjson.dumps({"k": "finish", "reason": reason, "usage": [prompt, completion]})
-        case StreamFailed(code, message):
-            return orjson.dumps({"k": "error", "code": code, "message": message})
+        case StreamFailed(code, message, kind):
+            return orjson.dumps({"k": "error", "code": code, "message": message, "type": kind})
         case Resumed(replica):
             return orjson.dumps({"k": "resumed", "replica": replica})
         case Ended():
@@ -159,7 +172,7 @@ def from_json(raw: str | bytes) -> LoggedEvent:
         case "finish":
             return Finished(data["reason"], *data["usage"])
         case "error":
-            return StreamFailed(data["code"], data["message"])
+            return StreamFailed(data["code"], data["message"], data.get("type", "server_error"))
         case "resumed":
             return Resumed(data["replica"])
         case _:

@@ -21,7 +21,7 @@ from gateway import sse
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.conversation import Engine
-from gateway.events import Ended, Reattach, from_json
+from gateway.events import Ended, Reattach, StreamFailed, from_json
 from gateway.requests import parse_int
 from gateway.runs import RunRegistry
 
@@ -73,7 +73,7 @@ async def _follow(
         error = sse.as_gateway_error(raised)
         log.warning("re-attach to %s ended by %s: %s", log_id, error.code, error.message)
         # No `id:`: the client's last event id stays that of the last event it really got.
-        yield sse.data({"error": {"code": error.code, "message": error.message}}) + sse.DONE
+        yield sse.data(StreamFailed.of(error).body()) + sse.DONE
 
 
 async def _replay_and_follow(

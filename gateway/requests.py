@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -76,7 +76,8 @@ def validate(model: type[_M], data: Any) -> _M:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise InvalidRequest(f"{where}: {first['msg']}") from error
+        param = where if first["loc"] else None
+        raise InvalidRequest(f"{where}: {first['msg']}", param) from error
 
 
 class FunctionCall(BaseModel):
@@ -109,6 +110,7 @@ class FunctionDefinition(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    strict: bool | None = None
 
 
 class ClientTool(BaseModel):
@@ -120,13 +122,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-_UPSTREAM_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed")
+_HANDLED = frozenset({"model", "messages", "stream", "stream_options", "tools", "n"})
+"""Fields the gateway acts on itself rather than passing on."""
 
 
 class ChatCompletionRequest(BaseModel):
-    """`POST /v1/chat/completions`."""
+    """`POST /v1/chat/completions`. Fields the gateway does not know are kept, and those
+    in `upstream_fields` go to the upstream as they are."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -141,11 +145,24 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1)
+    logprobs: bool | None = None
+    modalities: list[str] | None = None
 
-    def upstream_params(self) -> dict[str, Any]:
-        """The sampling parameters passed on to the upstream model."""
-        params = {name: getattr(self, name) for name in _UPSTREAM_PARAMS}
-        return {name: value for name, value in params.items() if value is not None}
+    @model_validator(mode="after")
+    def _only_what_the_gateway_relays(self) -> ChatCompletionRequest:
+        # Answers are relayed as text and tool calls: log probabilities and audio would be
+        # dropped on the way, so they are refused rather than silently lost.
+        if self.logprobs or (self.model_extra or {}).get("top_logprobs") is not None:
+            raise ValueError("logprobs: the gateway does not relay log probabilities")
+        if self.modalities and set(self.modalities) != {"text"}:
+            raise ValueError("modalities: the gateway relays text only")
+        return self
+
+    def upstream_params(self, fields: Iterable[str]) -> dict[str, Any]:
+        """The request's fields that go to the upstream as they are (`fields` allowed)."""
+        sent = self.model_dump(exclude_none=True, exclude=set(_HANDLED), exclude_unset=True)
+        allowed = set(fields)
+        return {name: value for name, value in sent.items() if name in allowed}
 
 
 class LegacyMessage(BaseModel):

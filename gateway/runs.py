@@ -177,7 +177,7 @@ class Run:
         except STREAM_ERRORS as raised:
             error = as_gateway_error(raised)
             log.warning("run %s failed: %s", self.log_id, error.message)
-            self._publish(StreamFailed(error.code, error.message))
+            self._publish(StreamFailed.of(error))
             await self._record_failure(error)
         self._meta_fields["done"] = "1"  # flushed with Ended: a finished run is never resumed
         self._publish(Ended())

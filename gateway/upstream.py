@@ -17,16 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import httpx
 import openai
 import orjson
-from langchain_core.messages import AIMessageChunk, BaseMessageChunk, convert_to_messages
+from langchain_core.messages import AIMessageChunk, convert_to_messages
 from langchain_openai import ChatOpenAI
 
-from core.errors import UpstreamError
+from core.errors import UpstreamError, UpstreamRateLimited, UpstreamRejected
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,97 @@ class Upstream(Protocol):
         """The turn's text pieces, a list per network read, then one `TurnEnd`."""
         ...
 
+    async def list_models(self) -> list[str]:
+        """The ids of the models the upstream serves (`GET /models`)."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Quirks:
+    """What one upstream needs beyond the OpenAI wire format (settings), and what was learned
+    of it while serving (`whole_with_tools`)."""
+
+    tool_choice: Literal["auto", "omit"]
+    """`auto`: say `tool_choice: "auto"` whenever tools are offered (some servers take a
+    missing one as `none`)."""
+    assistant_content: Literal["null", "empty"]
+    """`empty`: an assistant message with tool calls and no text says `content: ""` (some
+    servers refuse `null` and a missing `content`)."""
+    detect_stream_refusal: bool
+    """Whether an empty answer or a 400/422/501 to a streamed request with tools means the
+    server does not stream with tools (then it is asked for whole answers from then on)."""
+    whole_with_tools: bool
+    """Ask for whole (non-streamed) answers whenever tools are offered."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> Quirks:
+        mode = settings.upstream_stream_tools
+        return cls(
+            settings.upstream_tool_choice,
+            settings.upstream_assistant_content,
+            detect_stream_refusal=mode == "auto",
+            whole_with_tools=mode == "never",
+        )
+
+    def payload(
+        self,
+        model: str,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The streamed request for one turn."""
+        payload = {**self.params(tools, params), "model": model, "stream": True}
+        payload["messages"] = messages
+        if self.assistant_content == "empty":
+            payload["messages"] = [_with_content(message) for message in messages]
+        payload["stream_options"] = {"include_usage": True}
+        if tools:
+            payload["tools"] = tools
+        return payload
+
+    def params(self, tools: Sequence[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+        """The request's parameters for a turn that offers `tools` (or none)."""
+        params = dict(params)
+        if tools and self.tool_choice == "auto":
+            params.setdefault("tool_choice", "auto")
+        elif not tools:  # servers refuse these without tools (once the rounds are used up)
+            params.pop("tool_choice", None)
+            params.pop("parallel_tool_calls", None)
+        return params
+
+
+def _with_content(message: dict[str, Any]) -> dict[str, Any]:
+    if message.get("role") == "assistant" and message.get("content") is None:
+        return {**message, "content": ""}
+    return message
+
+
+class _RefusedStream(Exception):
+    """The upstream will not stream this request (with tools)."""
+
+
+def upstream_status_error(status: int, detail: str) -> UpstreamError:
+    """An upstream's HTTP error as the gateway reports it: the request's fault (4xx), too
+    many requests (429), or the upstream's (502)."""
+    if status == 429:
+        return UpstreamRateLimited(f"the upstream model is rate limited: {detail}")
+    if 400 <= status < 500:
+        return UpstreamRejected(f"the upstream model refused the request (HTTP {status}): {detail}")
+    return UpstreamError(f"the upstream model failed (HTTP {status}): {detail}")
+
+
+def _kind(error: BaseException) -> str:
+    """What went wrong, without the address (a message never names an internal host)."""
+    if isinstance(error, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return "connection refused or unreachable"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "it closed the connection"
+    return type(error).__name__
 
 
 def make_upstream(settings: Settings) -> Upstream:
@@ -86,6 +176,7 @@ class WireUpstream:
 
     def __init__(self, settings: Settings) -> None:
         self._url = settings.upstream_base_url.rstrip("/") + "/chat/completions"
+        self._models_url = settings.upstream_base_url.rstrip("/") + "/models"
         self._headers = {
             "Authorization": f"Bearer {settings.upstream_api_key.get_secret_value()}",
             "Content-Type": "application/json",
@@ -97,6 +188,7 @@ class WireUpstream:
         )
         self._session: aiohttp.ClientSession | None = None
         self._max_bytes = settings.max_upstream_turn_bytes
+        self._quirks = Quirks.of(settings)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on first use, inside the serving event loop
@@ -112,6 +204,16 @@ class WireUpstream:
         if self._session is not None:
             await self._session.close()
 
+    async def list_models(self) -> list[str]:
+        try:
+            async with self._client().get(self._models_url) as response:
+                if response.status != 200:
+                    raise UpstreamError(f"upstream model list failed: HTTP {response.status}")
+                return model_ids(orjson.loads(await response.content.read(1024 * 1024)))
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as error:
+            log.warning("upstream model list failed: %r", error)
+            raise UpstreamError("the upstream model list is unavailable") from error
+
     async def stream_turn(
         self,
         model: str,
@@ -119,25 +221,39 @@ class WireUpstream:
         tools: Sequence[dict[str, Any]],
         params: dict[str, Any],
     ) -> AsyncIterator[list[str] | TurnEnd]:
-        payload: dict[str, Any] = {
-            **params,
-            "model": model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if tools:
-            payload["tools"] = tools
+        payload = self._quirks.payload(model, messages, tools, params)
+        stream = not (tools and self._quirks.whole_with_tools)
+        try:
+            async for part in self._turn(payload, stream):
+                yield part
+        except _RefusedStream as refused:
+            # A server that will not stream once tools are offered: ask it for the whole
+            # answer, now and from now on (this process remembers).
+            log.warning(
+                "upstream refused a streamed request with tools (%s); asking whole", refused
+            )
+            self._quirks.whole_with_tools = True
+            async for part in self._turn(payload, stream=False):
+                yield part
+
+    async def _turn(
+        self, payload: dict[str, Any], stream: bool
+    ) -> AsyncIterator[list[str] | TurnEnd]:
+        if not stream:
+            payload = {**payload, "stream": False}
+            payload.pop("stream_options", None)
         turn = TurnBuilder(self._max_bytes)
         try:
             async with await self._post(orjson.dumps(payload)) as response:
                 if response.status != 200:
                     body = await response.content.read(4096)
-                    raise UpstreamError(
-                        f"upstream model failed: HTTP {response.status}: {_error_text(body)}"
+                    refused_stream = (
+                        stream and "tools" in payload and response.status in (400, 422, 501)
                     )
+                    if refused_stream and self._quirks.detect_stream_refusal:
+                        raise _RefusedStream(f"HTTP {response.status}")
+                    raise upstream_status_error(response.status, _error_text(body))
                 if response.content_type == "application/json":
-                    # Some servers will not stream once tools are offered: take the answer whole.
                     body = b"".join([block async for block in _bounded(response, self._max_bytes)])
                     text = turn.add_completion(orjson.loads(body))
                     if text:
@@ -148,9 +264,14 @@ class WireUpstream:
                         pieces = turn.feed(block)
                         if pieces:
                             yield pieces
+                    if turn.empty and "tools" in payload and self._quirks.detect_stream_refusal:
+                        raise _RefusedStream("an empty answer")  # llama.cpp's Python server
                     turn.close()
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise UpstreamError(f"upstream model failed: {error!r}") from error
+            log.warning("upstream request failed: %r", error)  # the address stays in the log
+            raise UpstreamError(
+                f"the upstream model could not be reached ({_kind(error)})"
+            ) from error
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError) as error:
             raise UpstreamError(f"upstream answered something unusable: {error!r}") from error
         yield turn.end()
@@ -209,6 +330,7 @@ class TurnBuilder:
     __slots__ = (
         "buffer",
         "calls",
+        "events",
         "finish_reason",
         "finished",
         "left",
@@ -220,6 +342,8 @@ class TurnBuilder:
         self.left = max_bytes
         """How many more bytes the turn may take: a hostile upstream cannot fill memory."""
         self.buffer = b""
+        self.events = 0
+        """How many `data:` events arrived."""
         self.calls: dict[int, list[str]] = {}
         """index -> [id, name, argument text so far]"""
         self.finish_reason = "stop"
@@ -242,6 +366,7 @@ class TurnBuilder:
             data = _payload(event)
             if data is None:
                 continue
+            self.events += 1
             if data == b"[DONE]":
                 self.finished = True
                 continue
@@ -249,6 +374,11 @@ class TurnBuilder:
             if text:
                 pieces.append(text)
         return pieces
+
+    @property
+    def empty(self) -> bool:
+        """Nothing arrived at all (an empty 200)."""
+        return self.events == 0 and not self.buffer.strip()
 
     def close(self) -> None:
         """The stream ended: refuse a cut-off one."""
@@ -274,7 +404,10 @@ class TurnBuilder:
             self.finished = True
         delta = choice.get("delta") or {}
         for part in delta.get("tool_calls") or ():
-            index = part.get("index", len(self.calls))
+            index = part.get("index")
+            if index is None:  # a new call when it brings an id, else the one under way
+                index = max(self.calls, default=-1) + (1 if part.get("id") else 0)
+                index = max(index, 0)
             if not isinstance(index, int) or isinstance(index, bool):
                 raise UpstreamError("upstream sent a tool call whose index is not an integer")
             call = self.calls.setdefault(index, ["", "", ""])
@@ -346,11 +479,20 @@ def _requested(call_id: str, name: str, raw: str) -> RequestedCall:
     return RequestedCall(call_id, name, arguments, raw)
 
 
+def model_ids(listing: Any) -> list[str]:
+    """The ids in an OpenAI `GET /models` answer (`{"data": [{"id": ...}]}`)."""
+    data = listing.get("data") if isinstance(listing, dict) else None
+    if not isinstance(data, list):
+        raise UpstreamError("the upstream model list is not an OpenAI list")
+    return [str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+
 class LangChainUpstream:
     """Any OpenAI-compatible endpoint, through langchain-openai's `ChatOpenAI`."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._quirks = Quirks.of(settings)
         self._models: dict[str, ChatOpenAI] = {}
         # Its own connection pool (langchain-openai's default is shared by the process and
         # bound to the first event loop that used it).
@@ -358,6 +500,17 @@ class LangChainUpstream:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def list_models(self) -> list[str]:
+        url = self._settings.upstream_base_url.rstrip("/") + "/models"
+        key = self._settings.upstream_api_key.get_secret_value()
+        try:
+            response = await self._http.get(url, headers={"Authorization": f"Bearer {key}"})
+            response.raise_for_status()
+            return model_ids(response.json())
+        except (httpx.HTTPError, ValueError) as error:
+            log.warning("upstream model list failed: %r", error)
+            raise UpstreamError("the upstream model list is unavailable") from error
 
     def _chat_model(self, model: str) -> ChatOpenAI:
         # One client per model name, so connections are pooled across requests.
@@ -384,34 +537,38 @@ class LangChainUpstream:
         runnable: Any = self._chat_model(model)
         if tools:
             runnable = runnable.bind_tools(list(tools))
-        merged: BaseMessageChunk | None = None
+        params = self._quirks.params(tools, params)
+        # The calls are put together here, not by adding chunks up: LangChain appends a name
+        # that a server repeats on every delta (`getStringLengthgetStringLength`).
+        turn = TurnBuilder()
         try:
             async for chunk in runnable.astream(convert_to_messages(list(messages)), **params):
+                if not isinstance(chunk, AIMessageChunk):
+                    continue
                 if isinstance(chunk.content, str) and chunk.content:
                     yield [chunk.content]
-                merged = chunk if merged is None else merged + chunk
+                _take_chunk(turn, chunk)
+        except openai.APIStatusError as error:
+            raise upstream_status_error(error.status_code, error.message) from error
         except openai.APIError as error:
-            raise UpstreamError(f"upstream model failed: {error}") from error
+            raise UpstreamError(f"the upstream model failed: {type(error).__name__}") from error
         except ValueError as error:
             raise UpstreamError(f"upstream answered something unusable: {error}") from error
-        yield _turn_end(merged)
+        yield turn.end()
 
 
-def _turn_end(merged: BaseMessageChunk | None) -> TurnEnd:
-    if not isinstance(merged, AIMessageChunk):
-        raise UpstreamError("upstream stream ended without a message")
-    calls = [
-        RequestedCall(c["id"] or "", c["name"], c["args"], orjson.dumps(c["args"]).decode())
-        for c in merged.tool_calls
-    ]
-    calls += [
-        RequestedCall(c["id"] or "", c["name"] or "", None, c["args"] or "")
-        for c in merged.invalid_tool_calls
-    ]
-    usage = merged.usage_metadata or {"input_tokens": 0, "output_tokens": 0}
-    return TurnEnd(
-        calls=calls,
-        finish_reason=merged.response_metadata.get("finish_reason") or "stop",
-        prompt_tokens=usage["input_tokens"],
-        completion_tokens=usage["output_tokens"],
-    )
+def _take_chunk(turn: TurnBuilder, chunk: AIMessageChunk) -> None:
+    """Feed one LangChain chunk's calls, finish reason and usage to a `TurnBuilder`."""
+    parts = [
+        {"index": c.get("index"), "id": c.get("id"),
+         "function": {"name": c.get("name"), "arguments": c.get("args")}}
+        for c in chunk.tool_call_chunks
+    ]  # fmt: skip
+    finish = chunk.response_metadata.get("finish_reason")
+    turn.add({"choices": [{"delta": {"tool_calls": parts}, "finish_reason": finish}]})
+    if chunk.usage_metadata:
+        usage = chunk.usage_metadata
+        turn.usage = {
+            "prompt_tokens": usage["input_tokens"],
+            "completion_tokens": usage["output_tokens"],
+        }

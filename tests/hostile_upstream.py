@@ -66,6 +66,12 @@ class Turn(BaseModel):
     """None: "tool_calls" when there are calls, else "stop"."""
     cut: bool = False
     """Streamed: end right after the calls' deltas, with no finish_reason and no [DONE]."""
+    status: int = 200
+    """Answer with this HTTP status and an OpenAI error body instead (when not 200)."""
+    refuse_stream: bool = False
+    """Like llama.cpp's Python server: a streamed request with tools gets 200 and no body."""
+    repeat_name: bool = False
+    """Streamed: repeat each call's id and name on every delta (some servers do)."""
 
     def finish(self) -> str:
         if self.finish_reason is not None:
@@ -171,9 +177,10 @@ def stream_events(turn: Turn, model: str) -> list[bytes]:
         events.append(chunk({"tool_calls": [{"index": index, **call.wire("")}]}))
         text = call.arguments_text()
         for piece in (text[: len(text) // 2], text[len(text) // 2 :]):
-            events.append(
-                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-            )
+            part: dict[str, Any] = {"index": index, "function": {"arguments": piece}}
+            if turn.repeat_name:
+                part = {"index": index, **call.wire(piece)}
+            events.append(chunk({"tool_calls": [part]}))
     if turn.cut:
         return events
     events.append(chunk({}, turn.finish()))
@@ -191,6 +198,11 @@ async def _one_by_one(events: list[bytes]) -> AsyncIterator[bytes]:
 def respond(turn: Turn, body: dict[str, Any]) -> Response:
     """Put `turn` on the wire in its mode; stream mode answers whole unless `stream` is true."""
     model = str(body.get("model") or "hostile-model")
+    if turn.status != 200:
+        error = {"message": f"scripted failure {turn.status}", "type": "x", "code": None}
+        return _json({"error": error}, turn.status)
+    if turn.refuse_stream and body.get("stream") is True and body.get("tools"):
+        return Response(b"", media_type="text/event-stream")
     if turn.mode == "raw":
         return Response(turn.raw, media_type="text/event-stream")
     if turn.mode == "whole" or body.get("stream") is not True:

@@ -219,9 +219,5 @@ def test_odd_wire_types_are_an_upstream_error_never_a_500(
     body = {"model": "m", "messages": [{"role": "user", "content": marker}], "stream": stream}
     url = mediated.replicas[0].url
     response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=20)
-    if stream:
-        assert response.status_code == 200 and response.text.endswith("data: [DONE]\n\n")
-        assert '"upstream_error"' in response.text
-    else:
-        assert response.status_code == 502
-        assert response.json()["error"]["code"] == "upstream_error"
+    # Streamed or not, it breaks before the first event: a real 502 either way.
+    assert response.status_code == 502 and response.json()["error"]["code"] == "upstream_error"
