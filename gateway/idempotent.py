@@ -2,12 +2,16 @@
 
 A request is known as a retry by its `Idempotency-Key` header, or, without one, by the
 `X-Stainless-Retry-Count` header the official SDKs (Python and JS) put on every attempt:
-attempt 0 is a new request, a later attempt with the same body from the same key is a retry
-of it. The first request runs and records what became of it (`core.idempotency`). A retry
-attaches to it: a non-streamed retry waits for the first one's answer and returns it; a
-streamed retry follows the first one's run from its approval notice on. A retry never
-opens a second approval or runs a tool twice. The same `Idempotency-Key` with another body
-is `409 idempotency_key_reused`.
+attempt 0 is a new request, a later attempt with the same body from the same key (and the
+same `X-Conversation-Id`, if any) is a retry of it. Two such requests at once cannot be told
+apart: their retries then run as requests of their own rather than risk taking each other's
+answer (send an `Idempotency-Key` to avoid that).
+
+The first request runs and records what became of it (`core.idempotency`). A retry attaches
+to it: a non-streamed retry waits for the first one's answer and returns it; a streamed
+retry follows the first one's run from its approval notice on. A retry never opens a second
+approval or runs a tool twice. The same `Idempotency-Key` with another body is
+`409 idempotency_key_reused`.
 """
 
 from __future__ import annotations
@@ -53,12 +57,15 @@ class Retry:
             return None
         fingerprint = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
         scope = GrantScope(principal.tenant, principal.name, "").key_part()
-        name = f"key:{explicit}" if explicit else f"sdk:{fingerprint}"
+        # An SDK attempt is known by its body, within the conversation the client names.
+        conversation = request.headers.get("x-conversation-id", "")[:128]
+        name = f"key:{explicit}" if explicit else f"sdk:{conversation}:{fingerprint}"
         first = not explicit and int(attempt) == 0
         return cls(engine, engine.idempotency.key(scope, name), fingerprint, first=first)
 
     async def claim(self) -> PriorRequest | None:
-        """None when this is the first request with the key, else what became of the first."""
+        """None when this request runs (the first with the key, or a retry that cannot be
+        matched to one first request), else what became of the first."""
         settings = self.engine.settings
         # How long the first may take before a retry counts it as abandoned.
         bound = settings.approval_timeout_s + settings.tool_result_timeout_s
@@ -66,6 +73,8 @@ class Retry:
         prior = await self.engine.idempotency.claim(
             self.key, self.fingerprint, until, first=self.first
         )
+        if isinstance(prior, str):  # ambiguous: run as a request of its own, unrecorded
+            return None
         if prior is not None and prior.fingerprint != self.fingerprint:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was sent before with a different request"
