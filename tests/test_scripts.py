@@ -22,4 +22,6 @@ def test_the_script_compiles(redis_server: RedisServer, name: str) -> None:
 
 
 def test_every_script_is_checked() -> None:
-    assert {"DECIDE_CALLS", "BEGIN_RUN", "RESERVE_PENDING", "UPDATE_IDEMPOTENCY_KEY"} <= set(SCRIPTS)
+    assert {"DECIDE_CALLS", "BEGIN_RUN", "RESERVE_PENDING", "UPDATE_IDEMPOTENCY_KEY"} <= set(
+        SCRIPTS
+    )
