@@ -282,7 +282,9 @@ class WireUpstream:
         completion has no side effects to repeat."""
         try:
             return await self._client().post(self._url, data=body)
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as error:
+        # ClientOSError covers a failed connect and a reset (llama.cpp's server closes the
+        # connection after an empty answer, though it said keep-alive).
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as error:
             log.info("upstream connection failed (%r); trying a fresh one", error)
             return await self._client().post(self._url, data=body)
 
