@@ -17,6 +17,7 @@
     ├── DecisionConflict        409 decision_conflict
     │   ├── HashMismatch        409 hash_mismatch
     │   ├── WrongProtocol       409 wrong_protocol
+    │   ├── HistoryMismatch     409 history_mismatch
     │   └── IdempotencyKeyReused 409 idempotency_key_reused
     ├── NoStream                409 no_stream
     ├── SessionExpired          410 session_expired
@@ -181,6 +182,13 @@ class WrongProtocol(DecisionConflict):
     """The first version's approve was asked to decide a session of the OpenAI protocol."""
 
     code = "wrong_protocol"
+
+
+class HistoryMismatch(DecisionConflict):
+    """A request's history changes a gated client call (its arguments, or a result for a call
+    that was never released to the client)."""
+
+    code = "history_mismatch"
 
 
 class IdempotencyKeyReused(DecisionConflict):

@@ -77,6 +77,10 @@ class Keys:
         `core.grants.GrantScope.key_part`); `sha256` "*" covers any arguments."""
         return f"{self.prefix}:grant:{scope}:{tool}:{sha256}"
 
+    def handoff(self, call_id: str) -> str:
+        """The session of a client call released to its client (by the gateway's call id)."""
+        return f"{self.prefix}:handoff:{call_id}"
+
     def taint(self, scope: str) -> str:
         """Set while untrusted tool output is in one requester's conversation (`scope`)."""
         return f"{self.prefix}:taint:{scope}"

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 import re2
 from pydantic import (
@@ -38,6 +38,8 @@ from pydantic_core import ErrorDetails, core_schema
 from core.settings import PolicyMode, Settings
 
 Arguments = Mapping[str, Any]
+Side = Literal["server", "client"]
+"""Whose tool a call is: the gateway's, or one the request declared and its client runs."""
 _Getter = Callable[[Arguments], Any]
 _Test = Callable[[Arguments], bool]
 
@@ -363,6 +365,9 @@ class ToolRule(BaseModel):
 
     mode: PolicyMode | None = Field(default=None, strict=False)
     """auto, ask or deny; unset: auto for read-only tools, else the default rule's mode."""
+    applies_to: Literal["server", "client", "both"] = "both"
+    """Which tools of this name the rule covers: the gateway's (`server`), those a request
+    declares in its `tools` and its client runs (`client`), or `both`."""
     ask_when: list[Condition] = Field(default_factory=list)
     """Conditions over the call's arguments; any true turns an `auto` call into `ask`."""
     editable: bool = True
@@ -401,6 +406,8 @@ class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     default: ToolRule = Field(default_factory=ToolRule)
+    client_default: ToolRule = Field(default_factory=lambda: ToolRule(mode=PolicyMode.ASK))
+    """The rule of every client-declared tool no rule names (`[client_default]`; asks)."""
     tools: dict[str, ToolRule] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -442,9 +449,12 @@ class Policy(BaseModel):
         }
         return self.model_copy(update={"tools": {**self.tools, **added}})
 
-    def rule_for(self, name: str) -> ToolRule:
-        """The tool's rule, or the default rule when the policy does not list it."""
-        return self.tools.get(name, self.default)
+    def rule_for(self, name: str, side: Side = "server") -> ToolRule:
+        """The tool's rule for that side, or the side's default rule."""
+        listed = self.tools.get(name)
+        if listed is not None and listed.applies_to in (side, "both"):
+            return listed
+        return self.client_default if side == "client" else self.default
 
     def verdict(
         self,
@@ -453,13 +463,15 @@ class Policy(BaseModel):
         *,
         read_only_tool: bool,
         untrusted_context: bool = False,
+        side: Side = "server",
     ) -> Verdict:
         """The mode for one call and why. `read_only_tool` is the tool's own `read_only`
         metadata; `untrusted_context`: the conversation already holds a result of a tool
-        with `untrusted_output`. Only an `auto` verdict can still turn into `ask`."""
-        rule = self.rule_for(name)
+        with `untrusted_output`; `side`: a server-side tool, or one the client declared.
+        Only an `auto` verdict can still turn into `ask`."""
+        rule = self.rule_for(name, side)
         read_only = read_only_tool if rule.read_only is None else rule.read_only
-        verdict = self._rule_verdict(name, read_only)
+        verdict = self._rule_verdict(name, read_only, side)
         if verdict.mode is not PolicyMode.AUTO:
             return verdict
         if untrusted_context and not read_only:
@@ -472,15 +484,19 @@ class Policy(BaseModel):
         """The mode for one call; `read_only_tool` is the tool's own `read_only` metadata."""
         return self.verdict(name, arguments, read_only_tool=read_only_tool).mode
 
-    def _rule_verdict(self, name: str, read_only: bool) -> Verdict:
+    def _rule_verdict(self, name: str, read_only: bool, side: Side) -> Verdict:
         """The mode before `ask_when` and the untrusted context (docs/policy.md, Precedence)."""
         listed = self.tools.get(name)
+        if listed is not None and listed.applies_to not in (side, "both"):
+            listed = None
         if listed is not None and listed.mode is not None:
             return Verdict(listed.mode, f"policy: {name} {_SAYS[listed.mode]}")
         if read_only:
             return Verdict(PolicyMode.AUTO, f"read-only: {_SAYS[PolicyMode.AUTO]}")
-        mode = self.default.mode or PolicyMode.ASK
-        return Verdict(mode, f"policy: default rule {_SAYS[mode]}")
+        fallback = self.client_default if side == "client" else self.default
+        mode = fallback.mode or PolicyMode.ASK
+        which = "client default rule" if side == "client" else "default rule"
+        return Verdict(mode, f"policy: {which} {_SAYS[mode]}")
 
 
 _SAYS = {
@@ -504,8 +520,8 @@ def _problem(path: Path, error: ErrorDetails) -> str:
         return f"{path}: {reason}"
     if loc[:1] == ["tools"] and len(loc) > 1:
         scope, rest, fields = f"tool {loc[1]!r}", loc[2:], ToolRule.model_fields
-    elif loc[:1] == ["default"]:
-        scope, rest, fields = "[default]", loc[1:], ToolRule.model_fields
+    elif loc[:1] in (["default"], ["client_default"]):
+        scope, rest, fields = f"[{loc[0]}]", loc[1:], ToolRule.model_fields
     else:
         scope, rest, fields = "top level", loc, Policy.model_fields
     where = f"{scope}, field {rest[0] + ''.join(f'[{i}]' for i in rest[1:])!r}" if rest else scope

@@ -67,6 +67,9 @@ class CallStatus(StrEnum):
     """Not run: a person supplied its result instead."""
     UNKNOWN = "unknown"
     """The worker running it died; it may have had effects and is never run again."""
+    RELEASED = "released"
+    """An approved call of a client-declared tool, handed to the client to run; its result
+    comes in the client's next request."""
 
 
 SESSION_TRANSITIONS: Mapping[SessionStatus, frozenset[SessionStatus]] = {
@@ -90,7 +93,7 @@ CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
     CallStatus.PENDING: frozenset(
         {CallStatus.APPROVED, CallStatus.REJECTED, CallStatus.RESPONDED, CallStatus.EXPIRED}
     ),
-    CallStatus.APPROVED: frozenset({CallStatus.QUEUED}),
+    CallStatus.APPROVED: frozenset({CallStatus.QUEUED, CallStatus.RELEASED}),
     CallStatus.QUEUED: frozenset({CallStatus.RUNNING}),
     CallStatus.RUNNING: frozenset({CallStatus.SUCCEEDED, CallStatus.FAILED, CallStatus.UNKNOWN}),
     CallStatus.REJECTED: frozenset(),
@@ -100,6 +103,7 @@ CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
     CallStatus.FAILED: frozenset(),
     CallStatus.RESPONDED: frozenset(),
     CallStatus.UNKNOWN: frozenset(),
+    CallStatus.RELEASED: frozenset(),
 }
 
 CALL_DONE_STATUSES = frozenset(
@@ -111,9 +115,11 @@ CALL_DONE_STATUSES = frozenset(
         CallStatus.FAILED,
         CallStatus.RESPONDED,
         CallStatus.UNKNOWN,
+        CallStatus.RELEASED,
     }
 )
-"""A call in one of these has its one tool message ready."""
+"""A call in one of these needs nothing more from the workers (a released call's tool message
+is the client's)."""
 
 
 def sources_of(target: SessionStatus) -> list[str]:
@@ -165,6 +171,8 @@ class ToolCall(BaseModel):
     policy: PolicyMode
     policy_reason: str = ""
     """Why policy gave this mode (the rule, the condition, the untrusted context)."""
+    side: Literal["server", "client"] = "server"
+    """`client`: a tool the request declared, which its client runs once approved."""
     upstream_id: str = ""
     """The id the model's history uses for this call: the model's own when it was present
     and unique in its turn, else the gateway's. Used for nothing else."""

@@ -146,7 +146,8 @@ return status
 """
 )
 
-# Claim a decided session's continuation: approved calls become queued. A runner holding a
+# Claim a decided session's continuation: approved calls become queued (approved client
+# calls become released: the client runs them). A runner holding a
 # newer lease (a higher fencing token) may claim a session that is already running: it takes
 # over from a runner that died, and gets every still-queued call back to queue again (a job
 # queued twice is harmless: the worker skips a call that is not `queued`).
@@ -175,11 +176,14 @@ if not takeover and not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ',
   return {'refused', status, redis.call('HGETALL', key)}
 end
 local queued = {}
-for _, id in ipairs(call_ids(key)) do
-  local s = redis.call('HGET', key, 'status:' .. id)
-  if s == 'approved' or (takeover and s == 'queued') then
-    redis.call('HSET', key, 'status:' .. id, 'queued')
-    queued[#queued + 1] = id
+for _, c in ipairs(cjson.decode(redis.call('HGET', key, 'calls'))) do
+  local s = redis.call('HGET', key, 'status:' .. c.id)
+  if s == 'approved' and c.side == 'client' then
+    -- The client runs it: released to the client with the answer, never queued.
+    redis.call('HSET', key, 'status:' .. c.id, 'released')
+  elseif s == 'approved' or (takeover and s == 'queued') then
+    redis.call('HSET', key, 'status:' .. c.id, 'queued')
+    queued[#queued + 1] = c.id
   end
 end
 redis.call('HSET', key, 'status', 'running', 'runner', ARGV[2], 'runner_token', token)

@@ -18,7 +18,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from core.arguments import ArgumentChecker
-from core.policy import Policy, ToolRule, Verdict, policy_from_settings
+from core.policy import Policy, Side, ToolRule, Verdict, policy_from_settings
 from core.settings import PolicyMode, Settings
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,28 @@ class ToolBox:
         return name in self.tools
 
     def rule(self, name: str) -> ToolRule:
-        """The policy rule for a tool: its own, or the default rule."""
-        return self.policy.rule_for(name)
+        """The policy rule for a tool: its own, or the default rule (for a name that is no
+        server-side tool: the client rule, or the client default)."""
+        return self.policy.rule_for(name, "server" if name in self.tools else "client")
 
     def verdict(
-        self, name: str, arguments: Mapping[str, Any], *, untrusted_context: bool = False
+        self,
+        name: str,
+        arguments: Mapping[str, Any],
+        *,
+        untrusted_context: bool = False,
+        side: Side = "server",
     ) -> Verdict:
         """A call's mode and why (precedence in docs/policy.md). `untrusted_context`: the
-        conversation already holds output of an untrusted tool."""
-        read_only = bool(self._tool_metadata(name).get("read_only"))
+        conversation already holds output of an untrusted tool; `side`: a client-declared
+        tool is judged by the client rules."""
+        read_only = side == "server" and bool(self._tool_metadata(name).get("read_only"))
         return self.policy.verdict(
-            name, arguments, read_only_tool=read_only, untrusted_context=untrusted_context
+            name,
+            arguments,
+            read_only_tool=read_only,
+            untrusted_context=untrusted_context,
+            side=side,
         )
 
     def mode_for(self, name: str, arguments: Mapping[str, Any] | None = None) -> PolicyMode:

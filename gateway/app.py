@@ -32,6 +32,7 @@ from core.errors import (
     RedisUnavailable,
 )
 from core.grants import ConversationIds, ConversationTaint, Grants
+from core.handoffs import Handoffs
 from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.keys import Keys
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> Starlette:
             conversation_ids=await ConversationIds.load(redis, keys),
             taint=ConversationTaint(redis, keys, settings.session_retention_s),
             idempotency=IdempotentRequests(redis, keys, settings.idempotency_retention_s),
+            handoffs=Handoffs(redis, keys, settings.session_retention_s),
             webhooks=webhooks if settings.webhooks else None,
         )
         app.state.stream_slots = StreamSlots(settings.max_held_streams)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from jsonschema.exceptions import SchemaError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -33,7 +34,9 @@ from gateway.events import (
     StreamFailed,
     TextPieces,
 )
+from gateway.handoff import restore_history
 from gateway.idempotent import Retry
+from gateway.opening import client_checkers
 from gateway.request_ids import request_id_of
 from gateway.requests import ChatCompletionRequest, read_json, validate
 from gateway.runs import RunRegistry
@@ -77,7 +80,8 @@ async def chat_completions(request: Request) -> Response:
         conversation_label=label,
         request_id=request_id_of(request.scope),
     )
-    events = converse(engine, ctx, [m.as_dict() for m in body.messages])
+    messages = await restore_history(engine, ctx, [m.as_dict() for m in body.messages])
+    events = converse(engine, ctx, messages)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     notice = request.headers.get(NOTICE_HEADER, "").lower()
     as_content = notice == "content" or (
@@ -115,7 +119,12 @@ def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
         raise InvalidRequest(f"messages: at most {engine.settings.max_messages} are allowed")
     clashes = {t.function.name for t in body.tools} & set(engine.toolbox.tools)
     if clashes:
-        raise InvalidRequest(f"tools: {sorted(clashes)} clash with server-side tools")
+        raise InvalidRequest(f"tools: {sorted(clashes)} clash with server-side tools", "tools")
+    try:  # the arguments of client calls are checked against these schemas
+        client_checkers([tool.model_dump() for tool in body.tools])
+    except SchemaError as error:
+        message = f"tools: a parameters schema is invalid: {error.message[:200]}"
+        raise InvalidRequest(message, "tools") from error
 
 
 async def _stream(

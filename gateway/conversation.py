@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.audit import AuditLog
 from core.errors import DecisionConflict, RedisUnavailable, UpstreamError
 from core.grants import ConversationIds, ConversationTaint, Grants, GrantScope
+from core.handoffs import Handoffs
 from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.records import (
@@ -44,12 +44,15 @@ from gateway.events import (
     Event,
     Finished,
     Heartbeat,
+    ReleasedToClient,
     SessionOpened,
     TextPieces,
     ToolEvent,
 )
-from gateway.opening import history_ids, open_session, provenance_of
-from gateway.upstream import RequestedCall, TurnEnd, Upstream
+from gateway.handoff import client_call, released_calls
+from gateway.opening import classify_turn, open_session, provenance_of
+from gateway.outcomes import tool_message
+from gateway.upstream import TurnEnd, Upstream
 from gateway.webhooks import WebhookSender
 
 HEARTBEAT = Heartbeat()
@@ -72,6 +75,7 @@ class Engine:
     grants: Grants
     conversation_ids: ConversationIds
     taint: ConversationTaint
+    handoffs: Handoffs
     idempotency: IdempotentRequests
     webhooks: WebhookSender | None = None
 
@@ -151,14 +155,8 @@ async def converse(
                 answer += pieces
                 yield TextPieces(pieces)
         usage.add(turn)
-        client_calls = [c for c in turn.calls if c.name not in engine.toolbox]
-        client_names = {t["function"]["name"] for t in ctx.client_tools}
-        if not turn.calls or (client_calls and all(c.name in client_names for c in client_calls)):
-            ids = history_ids(client_calls, messages)
-            await _remember_taint(engine, ctx, messages, "".join(answer), ids)
-            if client_calls:
-                calls = [_openai_call(c, i) for c, i in zip(client_calls, ids, strict=True)]
-                yield ClientToolCalls(calls)
+        if not turn.calls:
+            await _remember_taint(engine, ctx, messages, "".join(answer), [])
             yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
             return
         if not offer_tools:
@@ -168,19 +166,35 @@ async def converse(
                 f"the model kept calling tools after {engine.settings.max_tool_rounds} rounds "
                 "(GATEWAY_MAX_TOOL_ROUNDS)"
             )
+        classified = await classify_turn(engine, ctx, messages, turn.calls)
+        if classified.passes_through:  # client calls policy lets through: as without us
+            calls = [client_call(view, view.upstream_id) for view in classified.views]
+            await _remember_taint(engine, ctx, messages, "".join(answer), [c["id"] for c in calls])
+            yield ClientToolCalls(calls)
+            yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
+            return
         rounds_used += 1
-        session = await open_session(engine, ctx, messages, "".join(text), turn.calls, rounds_used)
+        session = await open_session(
+            engine, ctx, messages, "".join(text), turn.calls, rounds_used, classified
+        )
         # A held stream keeps only what it needs while it waits; the conversation is in
         # Redis, and the claim after the decision reads it back.
-        del messages, tools, text, turn, client_calls, client_names
+        del tools, text, turn, classified
         yield SessionOpened(session.id)
         if session.status is SessionStatus.PENDING:
             yield ApprovalNotice(session.view)
             if not ctx.hold:
                 return
-        messages = []
+        asked, messages = messages, []
         async for event in _decide_then_run(engine, session, messages):
+            if isinstance(event, ReleasedToClient):  # the client runs these: its turn now
+                ids = [call["id"] for call in event.calls]
+                await _remember_taint(engine, ctx, asked, "".join(answer), ids)
+                yield ClientToolCalls(event.calls)
+                yield Finished("tool_calls", usage.prompt_tokens, usage.completion_tokens)
+                return
             yield event
+        del asked
 
 
 async def resume(
@@ -191,6 +205,10 @@ async def resume(
     record = await engine.store.get(session_id)
     messages: list[dict[str, Any]] = []
     async for event in _decide_then_run(engine, record, messages, token):
+        if isinstance(event, ReleasedToClient):
+            yield ClientToolCalls(event.calls)
+            yield Finished("tool_calls", 0, 0)
+            return
         yield event
     ctx = ChatContext.of_session(record, hold=hold)
     async for event in converse(engine, ctx, messages, record.continuation.rounds_used):
@@ -199,7 +217,7 @@ async def resume(
 
 async def _decide_then_run(
     engine: Engine, record: SessionRecord, conversation: list[dict[str, Any]], token: int = 0
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[Event | ReleasedToClient]:
     """Wait for a pending session's decision, then run its tools: one subscription for both,
     so the wake-up that ends the wait leads straight to the claim. Fills `conversation`
     as `run_tools` does.
@@ -255,7 +273,7 @@ async def run_tools(
     waiter: Waiter,
     claim: Claim,
     token: int = 0,
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[Event | ReleasedToClient]:
     """Given the claim of a decided session, queue its approved calls and stream their
     progress.
 
@@ -270,7 +288,7 @@ async def run_tools(
     if queued is None:
         if not token or record.status not in _FINISHED:
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
-        conversation.extend(_tool_message(call) for call in record.view.tool_calls)
+        conversation.extend(tool_message(call) for call in record.view.tool_calls)
         return
     for started in _start_events(record):  # the calls are queued in the session already
         yield started
@@ -283,9 +301,14 @@ async def run_tools(
             record = update
         else:
             yield update
-    done = all(call.status in CALL_DONE_STATUSES for call in record.view.tool_calls)
-    conversation.extend(_tool_message(call) for call in record.view.tool_calls)
+    calls = record.view.tool_calls
+    done = all(call.status in CALL_DONE_STATUSES for call in calls)
+    conversation.extend(tool_message(c) for c in calls if c.status is not CallStatus.RELEASED)
     await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
+    released = released_calls(record)
+    if released:
+        await engine.handoffs.record(session_id, [call.id for call in released])
+        yield ReleasedToClient([client_call(call, call.id) for call in released])
 
 
 async def _remember_taint(
@@ -398,45 +421,6 @@ def _result_event(call: ToolCallView) -> ToolEvent:
 def _actor(call: ToolCallView) -> str:
     actor = call.decision.actor if call.decision else "policy"
     return actor if actor in ("policy", "deadline") else "approver"
-
-
-def _tool_message(call: ToolCallView) -> dict[str, Any]:
-    """The one tool message the model sees for a call, whatever became of it."""
-    decision = call.decision
-    reason = (decision.reason if decision else "") or "no reason given"
-    match call.status:
-        case CallStatus.SUCCEEDED:
-            content = call.result.content if call.result else ""
-        case CallStatus.FAILED:
-            content = f"Error: {call.result.content if call.result else 'unknown error'}"
-        case CallStatus.RESPONDED:
-            content = decision.result if decision and decision.result is not None else ""
-        case CallStatus.REJECTED:
-            content = f"The user rejected this tool call, so it was not run. Reason: {reason}"
-        case CallStatus.DENIED:
-            content = f"This tool call was not run. Reason: {reason.rstrip('.')}."
-        case CallStatus.EXPIRED:
-            content = "No one approved this tool call before the deadline, so it was not run."
-        case CallStatus.UNKNOWN:
-            detail = call.result.content if call.result else ""
-            content = f"The outcome of this tool call is unknown: {detail}."
-        case _:
-            content = "The outcome of this tool call is unknown: no result arrived in time."
-    if decision is not None and decision.decision == "edit":
-        edited = orjson.dumps(decision.arguments).decode()
-        note = f" Reason: {decision.reason}" if decision.reason else ""
-        content = (
-            f"The approver edited this call's arguments to {edited} before it ran.{note}\n{content}"
-        )
-    return {"role": "tool", "tool_call_id": call.upstream_id or call.id, "content": content}
-
-
-def _openai_call(call: RequestedCall, call_id: str) -> dict[str, Any]:
-    return {
-        "id": call_id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.raw_arguments},
-    }
 
 
 class _Beat:

@@ -10,12 +10,12 @@ changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
-from core.arguments import ArgumentError
+from core.arguments import ArgumentChecker, ArgumentError
 from core.audit import AuditEntry
 from core.errors import (
     EditRefused,
@@ -38,6 +38,7 @@ from core.settings import PolicyMode
 from core.store import CallDecisionItem
 from gateway.auth import Principal
 from gateway.conversation import Engine
+from gateway.opening import client_checkers
 from gateway.requests import CallDecision, DecisionRequest
 
 
@@ -61,7 +62,8 @@ async def decide(
                 f"protocol; decide it with POST /v1/approvals/{session_id}/decision"
             )
         if body.calls is not None:
-            items = [_prepare(engine, principal, record, c) for c in body.calls]
+            client = await _client_checkers(engine, record, body)
+            items = [_prepare(engine, principal, record, c, client) for c in body.calls]
             _authorize(engine, principal, record, [i.call_id for i in items])
             outcome, after = await engine.store.decide_calls(session_id, items, record.view.tenant)
             applied = outcome != "repeat"
@@ -93,22 +95,40 @@ def _authorize(
     names = {c.id: c.name for c in session.tool_calls}
     for call_id in call_ids:
         name = names.get(call_id)
-        if name is None or name not in engine.toolbox:
-            continue  # unknown ids are refused by the store; unknown tools never run
+        if name is None:
+            continue  # unknown ids are refused by the store
         allowed = engine.toolbox.approvers(name)
         if "admin" not in principal.roles and not set(allowed) & principal.roles:
             raise Forbidden(f"deciding {name!r} needs one of the roles {sorted(allowed)}")
 
 
+async def _client_checkers(
+    engine: Engine, record: SessionRecord, body: DecisionRequest
+) -> Mapping[str, ArgumentChecker]:
+    """The schemas the request declared, when an edit needs them (read from the session's
+    conversation, which `record` was read without)."""
+    edits = [c for c in body.calls or () if c.decision == "edit"]
+    if not any(_call(record, c.tool_call_id).side == "client" for c in edits):
+        return {}
+    full = await engine.store.get(record.id)
+    return client_checkers(full.continuation.client_tools)
+
+
 def _prepare(
-    engine: Engine, principal: Principal, record: SessionRecord, item: CallDecision
+    engine: Engine,
+    principal: Principal,
+    record: SessionRecord,
+    item: CallDecision,
+    client: Mapping[str, ArgumentChecker],
 ) -> CallDecisionItem:
     call = _call(record, item.tool_call_id)
     longest = engine.settings.grant_max_ttl_s
     if item.grant is not None and item.grant.ttl_s > longest:
         raise InvalidRequest(f"grant.ttl_s: at most {longest} seconds (grant_max_ttl_s)")
     arguments = (
-        _checked_edit(engine, call, item.arguments or {}) if item.decision == "edit" else None
+        _checked_edit(engine, call, item.arguments or {}, client)
+        if item.decision == "edit"
+        else None
     )
     result = None
     if item.decision == "respond":
@@ -131,17 +151,25 @@ def _call(record: SessionRecord, call_id: str) -> ToolCallView:
     raise UnknownToolCall(f"approval session {record.id!r} has no tool call {call_id!r}")
 
 
-def _checked_edit(engine: Engine, call: ToolCallView, arguments: dict[str, Any]) -> dict[str, Any]:
-    """Edited arguments that fit the tool's schema strictly and that policy would not deny."""
-    if call.name not in engine.toolbox or call.policy is PolicyMode.DENY:
+def _checked_edit(
+    engine: Engine,
+    call: ToolCallView,
+    arguments: dict[str, Any],
+    client: Mapping[str, ArgumentChecker],
+) -> dict[str, Any]:
+    """Edited arguments that fit the tool's schema strictly (a client tool's: the schema the
+    request declared) and that policy would not deny."""
+    toolbox = engine.toolbox
+    checker = client.get(call.name) if call.side == "client" else toolbox.checkers.get(call.name)
+    if checker is None or call.policy is PolicyMode.DENY:
         raise EditRefused(f"{call.name!r} calls cannot run, edited or not")
-    if not engine.toolbox.editable(call.name):
+    if not toolbox.editable(call.name):
         raise EditRefused(f"policy does not allow editing {call.name!r} calls")
     try:
-        engine.toolbox.check_arguments(call.name, arguments)
+        checker.check(arguments)
     except ArgumentError as error:
         raise InvalidArguments(str(error)) from error
-    if engine.toolbox.mode_for(call.name, arguments) is PolicyMode.DENY:
+    if toolbox.verdict(call.name, arguments, side=call.side).mode is PolicyMode.DENY:
         raise EditRefused(f"policy denies {call.name!r} with the edited arguments")
     return arguments
 

@@ -38,6 +38,14 @@ class ClientToolCalls:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleasedToClient:
+    """Approved client calls, for the client to run (the conversation loop ends its turn with
+    them; never rendered as such)."""
+
+    calls: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class ApprovalNotice:
     """A session was opened (status pending) or ended without a decision (expired)."""
 

@@ -15,12 +15,14 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.arguments import ArgumentError, json_problem
+from core.arguments import ArgumentChecker, ArgumentError, json_problem
 from core.audit import AuditEntry
 from core.errors import Overloaded
 from core.grants import GrantScope
+from core.policy import Side
 from core.records import (
     ApprovalSession,
     CallStatus,
@@ -57,20 +59,12 @@ async def open_session(
     text: str,
     calls: Sequence[RequestedCall],
     rounds_used: int,
+    turn: ClassifiedTurn,
 ) -> SessionRecord:
-    """Classify a turn's calls, store the session (with its audit entries), and return it
+    """Store the session of a classified turn (with its audit entries), and return it
     without its conversation (Redis has it; the claim reads it back)."""
     now = time.time()
-    scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
-    provenance = provenance_of(engine, messages)
-    # Untrusted output that ran in an earlier request of this conversation counts too: a
-    # client's history never holds the results of server-side tools.
-    tainted = any(p.untrusted for p in provenance) or await engine.taint.holds(scope, messages)
-    ids = history_ids(calls, messages)
-    views = [
-        _classify(engine, call, index, tainted, ids[index]) for index, call in enumerate(calls)
-    ]
-    views = await _apply_grants(engine, scope, views, tainted, now)
+    views, provenance, tainted = turn.views, turn.provenance, turn.tainted
     statuses = {v.status for v in views}
     session_id = new_session_id()
     expires_at = now + engine.settings.approval_timeout_s
@@ -107,10 +101,57 @@ async def open_session(
     initial = {v.id: v.decision for v in views if v.decision is not None}
     await engine.store.create(record, initial, _opened_entries(session))
     if tainted:
-        await engine.taint.mark(scope)
+        await engine.taint.mark(GrantScope(ctx.tenant, ctx.requester, ctx.conversation))
     if status is SessionStatus.PENDING and engine.webhooks is not None:
         engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
     return record.model_copy(update={"continuation": Continuation(messages=[])})
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiedTurn:
+    """A turn's calls under the gateway's ids, each with its starting status."""
+
+    views: list[ToolCallView]
+    provenance: list[Provenance]
+    tainted: bool
+
+    @property
+    def passes_through(self) -> bool:
+        """Only client-declared calls, each allowed by policy: the client gets them at once,
+        as without the gateway (no session)."""
+        return all(
+            v.side == "client" and v.status is CallStatus.APPROVED and v.decision is not None
+            and v.decision.actor == "policy"
+            for v in self.views
+        )  # fmt: skip
+
+
+async def classify_turn(
+    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]], calls: Sequence[RequestedCall]
+) -> ClassifiedTurn:
+    """Each call's identity, checked arguments and starting status (policy, grants)."""
+    scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
+    provenance = provenance_of(engine, messages)
+    # Untrusted output that ran in an earlier request of this conversation counts too: a
+    # client's history never holds the results of server-side tools.
+    tainted = any(p.untrusted for p in provenance) or await engine.taint.holds(scope, messages)
+    ids = history_ids(calls, messages)
+    checkers = client_checkers(ctx.client_tools)
+    views = [
+        _classify(engine, checkers, call, index, tainted, ids[index])
+        for index, call in enumerate(calls)
+    ]
+    views = await _apply_grants(engine, scope, views, tainted, time.time())
+    return ClassifiedTurn(views, provenance, tainted)
+
+
+def client_checkers(client_tools: Sequence[Mapping[str, Any]]) -> dict[str, ArgumentChecker]:
+    """The argument check of each client-declared tool, from the schema it declared."""
+    checkers = {}
+    for tool in client_tools:
+        function = tool.get("function") or {}
+        checkers[str(function.get("name"))] = ArgumentChecker(function.get("parameters") or {})
+    return checkers
 
 
 def provenance_of(engine: Engine, messages: Sequence[Mapping[str, Any]]) -> list[Provenance]:
@@ -153,23 +194,30 @@ def _mint() -> str:
 
 
 def _classify(
-    engine: Engine, call: RequestedCall, index: int, tainted: bool, history_id: str
+    engine: Engine,
+    client: Mapping[str, ArgumentChecker],
+    call: RequestedCall,
+    index: int,
+    tainted: bool,
+    history_id: str,
 ) -> ToolCallView:
     """A call under the gateway's id, with its starting status, and the decision policy
-    made when it does not ask."""
+    made when it does not ask. `client`: the tools the request declared."""
     toolbox, cap = engine.toolbox, engine.settings.max_tool_calls_per_turn
     arguments = call.arguments if call.arguments is not None else {}
+    side: Side = "client" if call.name in client and call.name not in toolbox else "server"
+    checker = client.get(call.name) if side == "client" else toolbox.checkers.get(call.name)
     if index >= cap:
         mode, reason = PolicyMode.DENY, f"the model asked for more than {cap} calls in one turn"
-    elif call.name not in toolbox:
+    elif checker is None:
         mode, reason = PolicyMode.DENY, f"there is no tool named {call.name[:_MAX_SHOWN_NAME]!r}"
     else:
         try:
-            arguments = toolbox.check_arguments(call.name, call.arguments)
+            arguments = checker.check(call.arguments)
         except ArgumentError as error:
             mode, reason = PolicyMode.DENY, f"invalid arguments: {error}"
         else:
-            verdict = toolbox.verdict(call.name, arguments, untrusted_context=tainted)
+            verdict = toolbox.verdict(call.name, arguments, untrusted_context=tainted, side=side)
             mode, reason = verdict.mode, verdict.reason
     if json_problem(arguments) is not None:
         arguments = {}  # denied already; kept out of the record, which is plain JSON
@@ -180,6 +228,7 @@ def _classify(
         arguments_sha256=arguments_sha256(arguments),
         policy=mode,
         policy_reason=reason,
+        side=side,
         upstream_id=history_id,
         status=_STATUS_OF_MODE[mode],
     )

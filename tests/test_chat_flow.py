@@ -142,7 +142,10 @@ def test_non_stream_request_waits_for_the_decision(gateway: Replica) -> None:
     assert approval["tool_calls"][0]["decision"]["decision"] == "approve"
 
 
-def test_client_tools_pass_through_as_tool_calls(gateway: Replica) -> None:
+def test_client_tools_policy_allows_pass_through_as_tool_calls(
+    make_stack: StackFactory,
+) -> None:
+    gateway = make_stack(tool_policy='{"getWeather": "auto"}').replicas[0]
     weather = {
         "type": "function",
         "function": {
