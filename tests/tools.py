@@ -148,6 +148,10 @@ approvers = ["admin"]
 [tools.auditedAction]
 mode = "auto"
 
+[tools.showUser]
+applies_to = "client"
+read_only = true
+
 [tools.scanText]
 mode = "auto"
 ask_when = ["matches(text, '(a+)+$')"]
