@@ -80,8 +80,7 @@ async def chat_completions(request: Request) -> Response:
         conversation_label=label,
         request_id=request_id_of(request.scope),
     )
-    messages = await restore_history(engine, ctx, [m.as_dict() for m in body.messages])
-    events = converse(engine, ctx, messages)
+    messages = [m.as_dict() for m in body.messages]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     notice = request.headers.get(NOTICE_HEADER, "").lower()
     as_content = notice == "content" or (
@@ -90,6 +89,8 @@ async def chat_completions(request: Request) -> Response:
     meta = ChunkMeta.new(ctx.model, include_usage, as_content)
     headers = {CONVERSATION_HEADER: conversation}
     try:
+        # A refused history is recorded for the request's retries like any answer.
+        events = converse(engine, ctx, await restore_history(engine, ctx, messages))
         if body.stream:
             # The headers wait for the upstream's first answer, so an upstream that fails
             # before it gets a real HTTP status, which the SDKs retry as they would OpenAI.
@@ -117,7 +118,10 @@ async def _after(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Even
 def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
     if len(body.messages) > engine.settings.max_messages:
         raise InvalidRequest(f"messages: at most {engine.settings.max_messages} are allowed")
-    clashes = {t.function.name for t in body.tools} & set(engine.toolbox.tools)
+    names = [t.function.name for t in body.tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools: each function name may be declared once", "tools")
+    clashes = set(names) & set(engine.toolbox.tools)
     if clashes:
         raise InvalidRequest(f"tools: {sorted(clashes)} clash with server-side tools", "tools")
     try:  # the arguments of client calls are checked against these schemas

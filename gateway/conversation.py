@@ -288,7 +288,10 @@ async def run_tools(
     if queued is None:
         if not token or record.status not in _FINISHED:
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
-        conversation.extend(tool_message(call) for call in record.view.tool_calls)
+        calls = record.view.tool_calls
+        conversation.extend(tool_message(c) for c in calls if c.status is not CallStatus.RELEASED)
+        async for handed in _hand_over(engine, record):
+            yield handed
         return
     for started in _start_events(record):  # the calls are queued in the session already
         yield started
@@ -304,10 +307,19 @@ async def run_tools(
     calls = record.view.tool_calls
     done = all(call.status in CALL_DONE_STATUSES for call in calls)
     conversation.extend(tool_message(c) for c in calls if c.status is not CallStatus.RELEASED)
+    # A runner that takes over a finished session hands its released calls over again
+    # (above), so dying between these two steps loses nothing.
     await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
+    async for handed in _hand_over(engine, record):
+        yield handed
+
+
+async def _hand_over(engine: Engine, record: SessionRecord) -> AsyncIterator[ReleasedToClient]:
+    """The session's released client calls, for the client to run (recorded for its next
+    request)."""
     released = released_calls(record)
     if released:
-        await engine.handoffs.record(session_id, [call.id for call in released])
+        await engine.handoffs.record(record.id, [call.id for call in released])
         yield ReleasedToClient([client_call(call, call.id) for call in released])
 
 

@@ -26,8 +26,6 @@ from gateway.outcomes import tool_message
 if TYPE_CHECKING:
     from gateway.conversation import ChatContext, Engine
 
-MAX_LOOKED_UP = 64
-"""How many of a history's latest call ids are looked up."""
 MAX_AUDITED_RESULT = 2048
 
 
@@ -53,13 +51,15 @@ async def restore_history(
     engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """`messages` with every turn whose client calls the gateway released put back whole."""
+    # Every id is looked up (`max_messages` bounds them): padding a history with made-up
+    # calls must not push a gated one out of sight.
     ids = [
         call["id"]
         for message in messages
         if message.get("role") == "assistant"
         for call in message.get("tool_calls") or ()
         if isinstance(call.get("id"), str)
-    ][-MAX_LOOKED_UP:]
+    ]
     found = await engine.handoffs.sessions_of(ids)
     if not found:
         return messages
@@ -69,8 +69,20 @@ async def restore_history(
         if record is not None:
             records[session_id] = record
     restored = _Restored(records, found)
-    for message in messages:
-        restored.take(message)
+    try:
+        for message in messages:
+            restored.take(message)
+        restored.finish()
+    except HistoryMismatch as error:
+        refused = AuditEntry(
+            "history_refused",
+            session=restored.session_id,
+            actor=ctx.requester,
+            tenant=ctx.tenant,
+            detail={"code": error.code, "message": error.message},
+        )
+        await engine.audit.append([refused])
+        raise
     await engine.audit.append(restored.entries)
     return restored.messages
 
@@ -81,6 +93,7 @@ async def _own_session(engine: Engine, ctx: ChatContext, session_id: str) -> Ses
         record = await engine.store.get(session_id)
     except SessionNotFound:
         return None
+    # Not the conversation: a client that sends no conversation id gets a new one each time.
     view = record.view
     return record if (view.tenant, view.requester) == (ctx.tenant, ctx.requester) else None
 
@@ -97,24 +110,36 @@ class _Restored:
         """gateway id -> its session and call, for the calls restored so far"""
         self.gated: set[str] = set()
         """every call id of the restored turns: a result for one not released is refused"""
+        self.awaiting: set[str] = set()
+        """released calls of the turn just restored that have no result yet"""
+        self.session_id = ""
 
     def take(self, message: dict[str, Any]) -> None:
-        if message.get("role") == "assistant" and message.get("tool_calls"):
-            record = self._record_of(message)
-            if record is not None:
-                self._restore_turn(message, record)
-                return
         if message.get("role") == "tool":
             call_id = str(message.get("tool_call_id"))
-            if call_id in self.released:
+            if call_id in self.awaiting:
+                self.awaiting.discard(call_id)
                 self._client_result(message, *self.released[call_id])
                 return
             if call_id in self.gated:
                 raise HistoryMismatch(
                     f"a tool message answers call {call_id!r}, which was never released to "
-                    "the client"
+                    "the client, or answers it twice"
                 )
+            self.messages.append(message)
+            return
+        self.finish()  # a turn's results come right after it
+        if message.get("role") == "assistant" and message.get("tool_calls"):
+            record = self._record_of(message)
+            if record is not None:
+                self._restore_turn(message, record)
+                return
         self.messages.append(message)
+
+    def finish(self) -> None:
+        """The turn just restored has a result for every released call."""
+        if self.awaiting:
+            raise HistoryMismatch(f"calls {sorted(self.awaiting)} have no tool message")
 
     def _record_of(self, message: dict[str, Any]) -> SessionRecord | None:
         for call in message["tool_calls"]:
@@ -124,18 +149,24 @@ class _Restored:
         return None
 
     def _restore_turn(self, message: dict[str, Any], record: SessionRecord) -> None:
+        self.session_id = record.id
         calls = {call.id: call for call in record.view.tool_calls}
+        if set(calls) & self.gated:
+            raise HistoryMismatch(f"the turn of approval session {record.id!r} appears twice")
         released = {c.id for c in record.view.tool_calls if c.status is CallStatus.RELEASED}
         for sent in message["tool_calls"]:
             call_id = str(sent.get("id"))
             call = calls.get(call_id)
             if call_id not in released or call is None:
                 raise HistoryMismatch(f"call {call_id!r} was not released to the client")
+            if (sent.get("function") or {}).get("name") != call.name:
+                raise HistoryMismatch(f"call {call_id!r} names another tool than the approved one")
             if not _same_arguments(sent, call):
                 raise HistoryMismatch(
                     f"call {call_id!r} carries arguments other than the approved ones"
                 )
             self.released[call_id] = (record, call)
+            self.awaiting.add(call_id)
         self.gated.update(calls)
         self.messages.append(record.continuation.messages[-1])  # the model's whole turn
         self.messages += [
@@ -147,9 +178,17 @@ class _Restored:
     def _client_result(
         self, message: dict[str, Any], record: SessionRecord, call: ToolCallView
     ) -> None:
-        self.messages.append({**message, "tool_call_id": call.upstream_id or call.id})
         content = message.get("content")
         text = content if isinstance(content, str) else orjson.dumps(content).decode()
+        restored = {**message, "tool_call_id": call.upstream_id or call.id}
+        decision = call.decision
+        if decision is not None and decision.decision == "edit":
+            # The model's turn holds its own arguments: it must learn what really ran.
+            edited = orjson.dumps(decision.arguments).decode()
+            restored["content"] = (
+                f"The approver edited this call's arguments to {edited} before it ran.\n{text}"
+            )
+        self.messages.append(restored)
         self.entries.append(
             AuditEntry.of_call(
                 "client_result",
