@@ -14,20 +14,19 @@ import asyncio
 import json
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 from agents import Agent, OpenAIChatCompletionsModel, RunConfig, Runner, function_tool
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.client_support import LABEL_HEADER, MODEL, Target, langchain_model, listed, openai_sdk
+from tests.client_support import LABEL_HEADER, MODEL, HeldRun, Target, langchain_model, openai_sdk
 from tests.clients import decide_calls, user
 
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -205,70 +204,16 @@ def verdicts(session: dict[str, Any], reason: str) -> list[dict[str, Any]]:
     ]
 
 
-@dataclass
-class HeldAgent:
-    """One agent run in a thread while the test plays the person deciding its calls."""
+@dataclass(kw_only=True)
+class HeldAgent(HeldRun[AgentOutcome]):
+    """One agent, whose calls the person decides with `verdicts` (`reason`: why it rejects)."""
 
     agent: Agentic
-    target: Target
     prompt: str
-    reason: str
-    """Why the person rejects the calls it does not approve."""
-    outcome: AgentOutcome | None = None
-    error: BaseException | None = None
-    finished_at: float = 0.0
-    listed: list[dict[str, Any]] = field(default_factory=list)
-    """What `GET /v1/approvals?conversation=<label>` showed once the agent was held."""
-    decided_at: float = 0.0
-    decision_status: int = 0
-    """The HTTP status of the decision (0: none was posted)."""
-    _thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def work(self) -> AgentOutcome:
+        return self.agent(self.target, self.prompt)
 
-    def _run(self) -> None:
-        try:
-            self.outcome = self.agent(self.target, self.prompt)
-        except BaseException as error:  # the test reports it
-            self.error = error
-        self.finished_at = time.time()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def find_pending(self, timeout: float = 60) -> None:
-        """Poll for the agent's approval by its label (no agent shows the gateway's extras)."""
-        deadline = time.monotonic() + timeout
-        while not self.listed and self.running and time.monotonic() < deadline:
-            self.listed = listed(self.target.base_url, conversation=self.target.label)
-            time.sleep(0.2)
-
-    def decide_after(self, hold_s: float) -> None:
-        """Decide each call once the session has been pending `hold_s` seconds (if found)."""
-        if len(self.listed) != 1:
-            return
-        session = self.listed[0]
-        time.sleep(max(0.0, float(session["created_at"]) + hold_s - time.time()))
-        self.decided_at = time.time()
+    def decision(self, session: dict[str, Any]) -> httpx.Response:
         calls = verdicts(session, self.reason)
-        self.decision_status = decide_calls(self.target.base_url, session["id"], calls).status_code
-
-    def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def held_s(self) -> float:
-        """How long the session was pending before the decision."""
-        return self.decided_at - float(self.listed[0]["created_at"])
-
-    def got(self) -> AgentOutcome:
-        """What the agent did; fails with the agent's own error if it raised."""
-        assert not self.running, f"the agent did not finish: {self.target.label}"
-        if self.error is not None:
-            raise self.error
-        assert self.outcome is not None
-        return self.outcome
+        return decide_calls(self.target.base_url, session["id"], calls)

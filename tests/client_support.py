@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import openai
@@ -185,22 +185,33 @@ def listed(base_url: str, **filters: str) -> list[dict[str, Any]]:
     return sessions
 
 
-@dataclass
-class HeldClient:
-    """One client's request, run in a thread while the test plays the person deciding."""
+Result = TypeVar("Result")
 
-    client: Client
+
+@dataclass(kw_only=True)
+class HeldRun(Generic[Result]):
+    """One client's work, run in a thread while the test plays the person deciding: find its
+    approval by its label (as a client that hides extra fields does), decide after a hold."""
+
     target: Target
-    decision: str
     reason: str = ""
-    outcome: Outcome | None = None
+    outcome: Result | None = None
     error: BaseException | None = None
+    finished_at: float = 0.0
     listed: list[dict[str, Any]] = field(default_factory=list)
-    """What `GET /v1/approvals?conversation=<label>` showed once the request was held."""
+    """What `GET /v1/approvals?conversation=<label>` showed once the work was held."""
     decided_at: float = 0.0
     decision_status: int = 0
-    """The HTTP status of the decision."""
+    """The HTTP status of the decision (0: none was posted)."""
     _thread: threading.Thread | None = None
+
+    def work(self) -> Result:
+        """What runs in the thread."""
+        raise NotImplementedError
+
+    def decision(self, session: dict[str, Any]) -> httpx.Response:
+        """Post the person's decision on `session`."""
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -208,16 +219,16 @@ class HeldClient:
 
     def _run(self) -> None:
         try:
-            self.outcome = self.client(self.target)
+            self.outcome = self.work()
         except BaseException as error:  # the test reports it
             self.error = error
+        self.finished_at = time.time()
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def find_pending(self, timeout: float = 60) -> None:
-        """Poll for the request's approval by its label, as a client that hides extras does."""
         deadline = time.monotonic() + timeout
         while not self.listed and self.running and time.monotonic() < deadline:
             self.listed = listed(self.target.base_url, conversation=self.target.label)
@@ -230,8 +241,7 @@ class HeldClient:
         session = self.listed[0]
         time.sleep(max(0.0, float(session["created_at"]) + hold_s - time.time()))
         self.decided_at = time.time()
-        response = decide(self.target.base_url, session["id"], self.decision, self.reason)
-        self.decision_status = response.status_code
+        self.decision_status = self.decision(session).status_code
 
     def join(self, timeout: float) -> None:
         if self._thread is not None:
@@ -242,13 +252,27 @@ class HeldClient:
         """How long the session was pending before the decision."""
         return self.decided_at - float(self.listed[0]["created_at"])
 
-    def got(self) -> Outcome:
-        """What the client returned; fails with the client's own error if it raised."""
-        assert not self.running, f"the client did not finish: {self.target.label}"
+    def got(self) -> Result:
+        """What the work returned; fails with its own error if it raised."""
+        assert not self.running, f"it did not finish: {self.target.label}"
         if self.error is not None:
             raise self.error
         assert self.outcome is not None
         return self.outcome
+
+
+@dataclass(kw_only=True)
+class HeldClient(HeldRun[Outcome]):
+    """One client's request, decided the same way for every call."""
+
+    client: Client
+    decision_kind: str
+
+    def work(self) -> Outcome:
+        return self.client(self.target)
+
+    def decision(self, session: dict[str, Any]) -> httpx.Response:
+        return decide(self.target.base_url, session["id"], self.decision_kind, self.reason)
 
 
 @dataclass

@@ -95,7 +95,12 @@ def held(agent_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     workdir = tmp_path_factory.mktemp("agent-runs")
     run_id = secrets.token_hex(4)
     runs = {
-        name: HeldAgent(agent, Target(url, f"{name}-{run_id}", workdir), prompt(name), reason(name))
+        name: HeldAgent(
+            agent=agent,
+            target=Target(url, f"{name}-{run_id}", workdir),
+            prompt=prompt(name),
+            reason=reason(name),
+        )
         for name, agent in AGENTS.items()
     }
     for run in runs.values():

@@ -102,10 +102,10 @@ def held(
     run_id = secrets.token_hex(4)
     runs = {
         (name, decision): HeldClient(
-            client,
-            Target(base_url, f"{name}-{decision}-{run_id}", workdir),
-            decision,
-            REASON if decision == "reject" else "",
+            client=client,
+            target=Target(base_url, f"{name}-{decision}-{run_id}", workdir),
+            decision_kind=decision,
+            reason=REASON if decision == "reject" else "",
         )
         for name, client in CLIENTS.items()
         for decision in DECISIONS
