@@ -104,6 +104,22 @@ class AgentFailed(Exception):
     """An agent gave up: a runaway loop, or its program exited with an error."""
 
 
+def assistant_turn(content: str | None, calls: list[Any]) -> ChatCompletionMessageParam:
+    """An assistant message with these SDK tool calls, to send back as history."""
+    return {
+        "role": "assistant",
+        "content": content,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": call.function.arguments},
+            }
+            for call in calls
+        ],
+    }
+
+
 def openai_tool_loop(target: Target, prompt: str) -> AgentOutcome:
     """The `openai` SDK's own loop: create, run the tool calls, append their results, repeat."""
     tools = AgentTools()
@@ -117,23 +133,7 @@ def openai_tool_loop(target: Target, prompt: str) -> AgentOutcome:
         calls = [call for call in message.tool_calls or [] if call.type == "function"]
         if not calls:
             return AgentOutcome(tools.ran, message.content or "")
-        messages.append(
-            {
-                "role": "assistant",
-                "content": message.content,
-                "tool_calls": [
-                    {
-                        "id": call.id,
-                        "type": "function",
-                        "function": {
-                            "name": call.function.name,
-                            "arguments": call.function.arguments,
-                        },
-                    }
-                    for call in calls
-                ],
-            }
-        )
+        messages.append(assistant_turn(message.content, calls))
         for call in calls:
             result = tools.call(call.function.name, call.function.arguments)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})

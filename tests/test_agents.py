@@ -25,6 +25,7 @@ from tests.agents_support import (
     Agentic,
     HeldAgent,
     ToolRun,
+    assistant_turn,
     js_tool_runner,
     langchain_agent,
     openai_agents_sdk,
@@ -170,20 +171,7 @@ def test_the_offline_model_calls_the_tools_a_client_declares_and_quotes_their_re
         model=MODEL,
         messages=[
             *asked,
-            {
-                "role": "assistant",
-                "tool_calls": [
-                    {
-                        "id": call.id,
-                        "type": "function",
-                        "function": {
-                            "name": call.function.name,
-                            "arguments": call.function.arguments,
-                        },
-                    }
-                    for call in calls
-                ],
-            },
+            assistant_turn(None, calls),
             {"role": "tool", "tool_call_id": send.id, "content": "sent to ann@corp.test"},
             {"role": "tool", "tool_call_id": delete.id, "content": rejection},
         ],
