@@ -42,6 +42,34 @@ class Keys:
         return f"{self.prefix}:fence:{{{log_id}}}"
 
     @property
+    def runs(self) -> str:
+        """Sorted set of the runs not known to have ended, scored by when (unix ms) the
+        sweeper next checks that a replica still drives them."""
+        return f"{self.prefix}:runs"
+
+    def outbox_audit(self, session_id: str) -> str:
+        """Stream of a session's audit entries not yet in the audit log (`core.outbox`)."""
+        return f"{self.prefix}:outbox:audit:{{{session_id}}}"
+
+    def outbox_hooks(self, session_id: str) -> str:
+        """Stream of a session's webhook events not yet delivered, in order (`core.outbox`)."""
+        return f"{self.prefix}:outbox:hooks:{{{session_id}}}"
+
+    def outbox_views(self, session_id: str) -> str:
+        """Hash of the session as each of its webhook events shows it (by outbox entry id)."""
+        return f"{self.prefix}:outbox:views:{{{session_id}}}"
+
+    def outbox_lock(self, session_id: str, part: str) -> str:
+        """Which relay works on one `part` ("audit", "hooks") of a session's outbox now."""
+        return f"{self.prefix}:outbox:lock:{part}:{{{session_id}}}"
+
+    @property
+    def outbox_due(self) -> str:
+        """Sorted set of sessions whose outbox may hold entries, scored by when (unix ms) a
+        relay next looks."""
+        return f"{self.prefix}:outbox-due"
+
+    @property
     def hub_channel(self) -> str:
         """Channel every process's wake-up hub keeps subscribed (keeps its connection open)."""
         return f"{self.prefix}:hub"

@@ -8,9 +8,11 @@ fenced: a replica whose lease lapsed (and was taken over) can no longer write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
 from redis.asyncio import Redis
 
 from core import scripts
@@ -53,7 +55,11 @@ class RunLog:
         self._renew = self.background.register_script(scripts.RENEW_LEASES)
 
     async def acquire(self, log_id: str, owner: str, lease_ms: int) -> Lease | None:
-        """A new lease, or None while another owner's lease is live."""
+        """A new lease, or None while another owner's lease is live.
+
+        The run is put in the index of runs first (`track`), so a run whose replica dies
+        at any point after is found by the sweeper, however far it got."""
+        await self.track(log_id, lease_ms)
         token = await self._acquire(
             keys=[self.keys.lease(log_id), self.keys.fence(log_id)],
             args=[owner, lease_ms, self.retention_s],
@@ -77,6 +83,55 @@ class RunLog:
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.log_id)], args=[lease.owner, lease.token])
+
+    async def track(self, log_id: str, after_ms: int) -> None:
+        """Index the run, to be checked in `after_ms` (see `due`)."""
+        check_at = int(time.time() * 1000) + after_ms
+        await self.redis.zadd(self.keys.runs, {log_id: check_at})
+
+    async def untrack(self, log_id: str) -> None:
+        """The run ended: nobody needs to check on it any more."""
+        await self.redis.zrem(self.keys.runs, log_id)
+
+    async def due(self, limit: int = 500) -> list[str]:
+        """Runs whose next check is due: each is leased (checked again a lease later),
+        ended (dropped from the index), or orphaned (returned, for a replica to take over)."""
+        now_ms = int(time.time() * 1000)
+        log_ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+            self.keys.runs, "-inf", now_ms, start=0, num=limit
+        )
+        if not log_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for log_id in log_ids:
+                pipe.pttl(self.keys.lease(log_id))
+                pipe.hget(self.keys.run_meta(log_id), "done")
+            replies = await pipe.execute()
+        orphans: list[str] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for log_id, ttl_ms, done in zip(log_ids, replies[::2], replies[1::2], strict=True):
+                if done:
+                    pipe.zrem(self.keys.runs, log_id)
+                elif ttl_ms > 0:
+                    pipe.zadd(self.keys.runs, {log_id: now_ms + ttl_ms + 100})
+                else:
+                    orphans.append(log_id)
+            await pipe.execute()
+        return orphans
+
+    async def logged_tool_events(self, log_id: str) -> set[tuple[str, str]]:
+        """`(type, call id)` of every tool event in the run's log."""
+        seen: set[tuple[str, str]] = set()
+        after = 0
+        while True:
+            entries = await self.read_after(log_id, after, count=self.maxlen)
+            for seq, raw in entries:
+                if '"k":"tool"' in raw:
+                    event = orjson.loads(raw)
+                    seen.add((event["type"], event["tool_call_id"]))
+                after = seq
+            if len(entries) < self.maxlen:
+                return seen
 
     async def is_leased(self, log_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.lease(log_id)))

@@ -41,13 +41,21 @@ end
 
 # Decide some calls of a session, each its own way (approve, reject, edit, respond).
 # Every item is checked before any is applied: one bad item changes nothing.
-# KEYS[1] session hash; KEYS[2] the deadline index and KEYS[3] the tenant's pending index
-#   (a decided session leaves both)
+# The audit entry of each call decided and the `approval.decided` webhook event go to the
+# session's outbox in the same script (`core.outbox` relays them).
+# KEYS[1] session hash
+# KEYS[2] the session's outbox of audit entries
+# KEYS[3] the session's outbox of webhook events
 # ARGV[1] JSON list of {id, kind, reason, expected (hash the approver saw, or ''),
 #   sha (hash of what may run, or ''), status (the call's new status), decision (JSON),
-#   result (ToolResult JSON for 'respond', or ''), content (the responded result or '')}
-# ARGV[2] wake-up channel; ARGV[3] the session id
-# Returns {'ok', 'decided' | 'partial', HGETALL}, {'repeat', HGETALL},
+#   result (ToolResult JSON for 'respond', or ''), content (the responded result or ''),
+#   audit (the call's `decided` audit entry, JSON)}
+# ARGV[2] wake-up channel
+# ARGV[3] the deciding actor
+# ARGV[4] '1' to queue the `approval.decided` webhook event, '0' when nobody subscribed
+# ARGV[5] retention of the outbox, seconds
+# Returns {'ok', 'decided' | 'partial', HGETALL, the webhook event's entry id or ''},
+# {'repeat', HGETALL},
 # {'conflict', id, status}, {'hash_mismatch', id}, {'unknown_call', id}, {'expired'} or
 # {'not_found'}.
 DECIDE_CALLS = (
@@ -112,17 +120,26 @@ if settled then
   set('decided_at', tostring(now))
 end
 redis.call('HSET', key, unpack(writes))
-if settled then
-  redis.call('PUBLISH', ARGV[2], 'decided')
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
+local decided_ids = {}
+for _, item in ipairs(fresh) do
+  redis.call('XADD', KEYS[2], '*', 'e', item.audit)
+  decided_ids[#decided_ids + 1] = item.id
 end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+local hook = ''
+if ARGV[4] == '1' then
+  local event = cjson.encode({decided_by = ARGV[3], tool_call_ids = decided_ids,
+                              complete = settled})
+  hook = redis.call('XADD', KEYS[3], '*', 'type', 'approval.decided', 'data', event)
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+if settled then redis.call('PUBLISH', ARGV[2], 'decided') end
 local after = {}
 for field, value in pairs(f) do
   after[#after + 1] = field
   after[#after + 1] = value
 end
-return {'ok', settled and 'decided' or 'partial', after}
+return {'ok', settled and 'decided' or 'partial', after, hook}
 """
 )
 
@@ -413,4 +430,15 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 'tenant' end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 'ok'
+"""
+
+# Drop a member from a sorted set only if its score is still the one the caller set (no
+# one re-indexed it since).
+# KEYS[1] the sorted set
+# ARGV[1] member
+# ARGV[2] the score the caller set
+# Returns 1 when dropped, 0 when the score changed (or the member is gone).
+FORGET_IF_UNCHANGED = """
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1])) ~= tonumber(ARGV[2]) then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
 """

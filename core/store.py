@@ -21,6 +21,7 @@ from core.errors import (
     UnknownToolCall,
 )
 from core.keys import Keys
+from core.outbox import Outbox
 from core.records import (
     ApprovalSession,
     CallStatus,
@@ -57,12 +58,23 @@ class SessionStore:
     """Reads and changes approval sessions; every change is one atomic script."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, retention_s: int, audit: AuditLog | None = None
+        self,
+        redis: Redis,
+        keys: Keys,
+        retention_s: int,
+        audit: AuditLog | None = None,
+        outbox: Outbox | None = None,
+        hooks: frozenset[str] = frozenset(),
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s
         self.audit = audit
+        self.outbox = outbox
+        """Where the audit entries and webhook events of new sessions and decisions go, in
+        the same write (without one, a new session's entries go to the audit log directly)."""
+        self.hooks = hooks
+        """The webhook event types some receiver subscribed to."""
         self._decide_calls = redis.register_script(scripts.DECIDE_CALLS)
         self._expire = redis.register_script(scripts.EXPIRE_IF_OVERDUE)
         self._begin_run = redis.register_script(scripts.BEGIN_RUN)
@@ -77,20 +89,28 @@ class SessionStore:
         initial: Mapping[str, Decision],
         audit: Iterable[AuditEntry] = (),
     ) -> None:
-        """Store a new session, with its `audit` entries in the same round trip; a pending
-        one also enters the deadline index."""
+        """Store a new session, with its `audit` entries (and the `approval.requested` event
+        of a pending one) in its outbox in the same MULTI. (A pending one entered the
+        deadline indexes already: `reserve_pending`.)"""
         session = record.view
         key = self.keys.session(session.id)
         ttl = int(max(session.expires_at - time.time(), 0)) + self.retention_s
+        hooks = []
+        if session.status is SessionStatus.PENDING and "approval.requested" in self.hooks:
+            hooks.append(("approval.requested", session.model_dump(mode="json")))
+        if self.outbox is not None:
+            await self.outbox.expect(session.id)
+        # One MULTI over the session's own keys (one slot): the session and its outbox.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=new_session_fields(record, initial))  # type: ignore[arg-type]
             pipe.expire(key, ttl)
-            if session.status is SessionStatus.PENDING:
-                pipe.zadd(self.keys.deadlines, {session.id: session.expires_at})
-                pipe.zadd(self.keys.pending_of(session.tenant), {session.id: session.expires_at})
-            if self.audit is not None:
-                self.audit.add_to(pipe, audit)
+            if self.outbox is not None:
+                self.outbox.add_to(pipe, session.id, audit, hooks)
             await pipe.execute()
+        if self.outbox is not None:
+            await self.outbox.written(session.id)
+        elif self.audit is not None:
+            await self.audit.append(audit)
 
     async def get(self, session_id: str, *, view_only: bool = False) -> SessionRecord:
         """The session, or `SessionNotFound` (`view_only`: see `SessionRecord.from_hash`)."""
@@ -165,11 +185,33 @@ class SessionStore:
         Returns "decided" when no call is left pending (the holder was woken), "partial"
         when some still wait, "repeat" when every item repeated a stored decision.
         """
-        payload = orjson.dumps([item.as_script_item() for item in items]).decode()
+        payload = orjson.dumps([item.as_script_item(session_id, tenant) for item in items])
+        actor = items[0].decision.actor if items else ""
+        if self.outbox is not None:
+            await self.outbox.expect(session_id)
         outcome, *rest = await self._decide_calls(
-            keys=[self.keys.session(session_id), self.keys.deadlines, self.keys.pending_of(tenant)],
-            args=[payload, self.keys.wakeup_channel(session_id), session_id],
+            keys=[
+                self.keys.session(session_id),
+                self.keys.outbox_audit(session_id),
+                self.keys.outbox_hooks(session_id),
+            ],
+            args=[
+                payload.decode(),
+                self.keys.wakeup_channel(session_id),
+                actor,
+                "1" if "approval.decided" in self.hooks else "0",
+                self.retention_s,
+            ],
         )
+        if outcome == "ok":
+            if rest[0] == "decided":  # it leaves the indexes of pending sessions
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.zrem(self.keys.deadlines, session_id)
+                    pipe.zrem(self.keys.pending_of(tenant), session_id)
+                    await pipe.execute()
+            if self.outbox is not None:
+                after = SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
+                await self.outbox.written(session_id, {rest[2]: after.view} if rest[2] else {})
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
         if outcome == "expired":
@@ -347,6 +389,9 @@ class CallDecisionItem:
     expected_sha256: str = ""
     """The hash the approver saw; "" when the approver sent none."""
     result: ToolResult | None = None
+    tool: str = ""
+    call_sha256: str = ""
+    """The hash of the call's arguments as the model sent them."""
 
     @classmethod
     def build(
@@ -379,10 +424,32 @@ class CallDecisionItem:
         stored = None
         if kind == "respond" and result is not None:
             stored = ToolResult(status="succeeded", content=result, worker=f"approver:{actor}")
-        return cls(call.id, decision, _STATUS_OF[kind], expected_sha256, stored)
+        return cls(
+            call.id,
+            decision,
+            _STATUS_OF[kind],
+            expected_sha256,
+            stored,
+            call.name,
+            call.arguments_sha256,
+        )
 
-    def as_script_item(self) -> dict[str, str]:
+    def audit_entry(self, session_id: str, tenant: str) -> AuditEntry:
+        """The `decided` entry the audit log gets when this decision is applied."""
+        detail: dict[str, Any] = {
+            "decision": self.decision.decision,
+            "reason": self.decision.reason,
+            "arguments_sha256": self.decision.arguments_sha256 or self.call_sha256,
+        }
+        if self.decision.decision == "edit":
+            detail["original_sha256"] = self.call_sha256
+        return AuditEntry(
+            "decided", session_id, self.tool, self.call_id, self.decision.actor, tenant, detail
+        )
+
+    def as_script_item(self, session_id: str, tenant: str) -> dict[str, str]:
         return {
+            "audit": orjson.dumps(self.audit_entry(session_id, tenant).fields()).decode(),
             "id": self.call_id,
             "kind": self.decision.decision,
             "reason": self.decision.reason,

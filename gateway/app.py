@@ -11,6 +11,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -21,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.audit import AuditLog
 from core.connect import connect
@@ -30,12 +32,14 @@ from core.errors import (
     MethodNotAllowed,
     NotFound,
     RedisUnavailable,
+    SessionNotFound,
 )
 from core.grants import ConversationIds, ConversationTaint, Grants
 from core.handoffs import Handoffs
 from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.keys import Keys
+from core.outbox import Outbox
 from core.runlog import RunLog
 from core.settings import Settings
 from core.store import SessionStore
@@ -74,7 +78,11 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings, f"gateway:{runner_id}")
         audit_log = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
-        store = SessionStore(redis, keys, settings.session_retention_s, audit_log)
+        outbox = Outbox(redis, keys, audit_log, settings.session_retention_s, runner_id)
+        hooks = frozenset(kind for target in settings.webhooks for kind in target.events)
+        store = SessionStore(
+            redis, keys, settings.session_retention_s, audit_log, outbox=outbox, hooks=hooks
+        )
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
         # Lease renewals and status polls keep streams alive: their own small pool, so a
@@ -108,7 +116,22 @@ def create_app(settings: Settings) -> Starlette:
         app.state.authenticator = authenticator
         runlog = RunLog(redis, keys, settings.session_retention_s, background=background)
         app.state.runs = runs = RunRegistry(app.state.engine, runlog)
-        sweeper = asyncio.create_task(Sweeper(store, runner_id).run_forever(), name="sweeper")
+        sweeper = asyncio.create_task(
+            Sweeper(store, runner_id, adopt_orphans=runs.adopt_orphans).run_forever(),
+            name="sweeper",
+        )
+
+        async def session_view(session_id: str) -> dict[str, Any] | None:
+            try:
+                record = await store.get(session_id, view_only=True)
+            except SessionNotFound:
+                return None
+            return record.view.model_dump(mode="json")
+
+        relay = asyncio.create_task(
+            outbox.relay_forever(webhooks.deliver if hooks else None, session_view),
+            name="outbox-relay",
+        )
         # What start-up built (modules, schemas, tools) lives as long as the process: keep it
         # out of the collector's way. And collect the young generation less often, so the
         # short-lived objects of a request die young instead of being promoted: with
@@ -122,7 +145,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await runs.drain()
-            for task in (sweeper, polling):
+            for task in (relay, sweeper, polling):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -152,11 +175,10 @@ def create_app(settings: Settings) -> Starlette:
         RedisConnectionError: _redis_error,
         RedisTimeoutError: _redis_error,
         HTTPException: _http_error,
-        Exception: _unexpected_error,
     }
     # Open mode serves loopback hosts only (DNS rebinding); `allowed_hosts` narrows any mode.
     guard = Middleware(HostGuard, allowed=settings.allowed_hosts, respond=error_response)
-    middleware = [Middleware(RequestIds)]
+    middleware = [Middleware(RequestIds), Middleware(UnexpectedErrors)]
     if settings.allowed_hosts or authenticator.open:
         middleware.append(guard)
     if settings.cors_origins:
@@ -167,6 +189,39 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers=exception_handlers,
     )
+
+
+class UnexpectedErrors:
+    """Pure ASGI middleware: a bug's exception becomes the JSON 500, and stops here.
+
+    Starlette's handler for `Exception` answers and then re-raises, and uvicorn closes the
+    connection on a raise: behind nginx, the next request sent on that keep-alive
+    connection fails (a POST with a 502, and a failure counted against the replica). A
+    response already started is cut short, so then the exception goes on and closes it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            unexpected = GatewayError("the gateway failed unexpectedly; the error is logged")
+            await error_response(scope["path"], unexpected)(scope, receive, send)
 
 
 def _cors(origins: list[str]) -> Middleware:
@@ -195,12 +250,6 @@ async def _gateway_error(request: Request, error: Exception) -> Response:
 async def _redis_error(request: Request, error: Exception) -> Response:
     log.warning("redis unavailable: %s", error)
     return await _gateway_error(request, RedisUnavailable(f"redis is unavailable: {error}"))
-
-
-async def _unexpected_error(request: Request, error: Exception) -> Response:
-    # A bug: uvicorn logs the traceback after this; the client still gets JSON.
-    unexpected = GatewayError("the gateway failed unexpectedly; the error is logged")
-    return error_response(request.url.path, unexpected)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -288,12 +288,16 @@ async def run_tools(
     if queued is None:
         if not token or record.status not in _FINISHED:
             raise DecisionConflict(f"approval session {session_id!r} is {record.status.value}")
+        for progress in _start_events(record, taking_over=True):
+            yield progress
         calls = record.view.tool_calls
         conversation.extend(tool_message(c) for c in calls if c.status is not CallStatus.RELEASED)
         async for handed in _hand_over(engine, record):
             yield handed
         return
-    for started in _start_events(record):  # the calls are queued in the session already
+    # The calls are queued in the session already. A runner taking over reports the progress
+    # of every call again (its run sends only what its log does not hold yet).
+    for started in _start_events(record, taking_over=bool(token)):
         yield started
     await _mark_if_untrusted(engine, record, queued)
     names = {call.id: call.name for call in record.view.tool_calls}
@@ -402,16 +406,25 @@ _NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED
 _FINISHED = frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED})
 
 
-def _start_events(record: SessionRecord) -> list[ToolEvent]:
+_RAN = frozenset({CallStatus.RUNNING, CallStatus.SUCCEEDED, CallStatus.FAILED, CallStatus.UNKNOWN})
+
+
+def _start_events(record: SessionRecord, *, taking_over: bool = False) -> list[ToolEvent]:
+    """What a client is told as the session's calls start: each queued call is executing,
+    each answered or refused one has its outcome. `taking_over`: also every call that is
+    running or done (`executing`, and the result of each done one), which the runner that
+    stopped may not have reported."""
     events = []
     for call in record.view.tool_calls:
         decision = call.decision
-        if call.status is CallStatus.QUEUED:
+        if call.status is CallStatus.QUEUED or (taking_over and call.status in _RAN):
             if decision is not None and decision.decision == "edit":
                 detail = {"arguments": decision.arguments, "edited": True, "by": "approver"}
             else:
                 detail = {"arguments": call.arguments}
             events.append(ToolEvent("executing", call.id, call.name, detail))
+            if call.status in CALL_DONE_STATUSES:
+                events.append(_result_event(call))
         elif call.status is CallStatus.RESPONDED:
             content = decision.result if decision and decision.result is not None else ""
             detail = {"content": content, "by": "approver", "responded": True}

@@ -10,10 +10,12 @@ changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from core.arguments import ArgumentChecker, ArgumentError
 from core.audit import AuditEntry
@@ -31,7 +33,6 @@ from core.grants import GrantScope
 from core.records import (
     CallStatus,
     SessionRecord,
-    SessionStatus,
     ToolCallView,
 )
 from core.settings import PolicyMode
@@ -79,6 +80,9 @@ async def decide(
         raise
     if applied:
         await _record(engine, principal, record, after, body)
+        if engine.store.outbox is not None:  # read-your-writes: the audit shows it on return
+            with contextlib.suppress(RedisError):
+                await engine.store.outbox.relay_audit(session_id)
     return after
 
 
@@ -181,7 +185,8 @@ async def _record(
     after: SessionRecord,
     body: DecisionRequest,
 ) -> None:
-    """Audit what this request decided, store its grants, and tell the webhooks."""
+    """Store the grants of what this request decided, with their audit entries. (The
+    decisions' own entries and webhook event were written with them: `core.outbox`.)"""
     was_pending = {c.id for c in before.view.tool_calls if c.status is CallStatus.PENDING}
     decided = [
         c
@@ -197,11 +202,6 @@ async def _record(
     entries = []
     async with engine.store.redis.pipeline(transaction=False) as pipe:
         for call in decided:
-            entries.append(
-                AuditEntry.of_call(
-                    "decided", session, call, principal.name, **_decision_detail(call)
-                )
-            )
             grant = grants.get(call.id)
             if grant is None or call.decision is None:
                 continue
@@ -220,29 +220,6 @@ async def _record(
             )
         engine.audit.add_to(pipe, entries)
         await pipe.execute()
-    if engine.webhooks is not None and decided:
-        engine.webhooks.emit(
-            "approval.decided",
-            {
-                "session": session.model_dump(mode="json"),
-                "decided_by": principal.name,
-                "tool_call_ids": [c.id for c in decided],
-                "complete": session.status is not SessionStatus.PENDING,
-            },
-        )
-
-
-def _decision_detail(call: ToolCallView) -> dict[str, Any]:
-    decision = call.decision
-    assert decision is not None
-    detail: dict[str, Any] = {
-        "decision": decision.decision,
-        "reason": decision.reason,
-        "arguments_sha256": decision.arguments_sha256 or call.arguments_sha256,
-    }
-    if decision.decision == "edit":
-        detail["original_sha256"] = call.arguments_sha256
-    return detail
 
 
 async def _audit_refusal(

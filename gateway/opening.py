@@ -102,8 +102,6 @@ async def open_session(
     await engine.store.create(record, initial, _opened_entries(session))
     if tainted:
         await engine.taint.mark(GrantScope(ctx.tenant, ctx.requester, ctx.conversation))
-    if status is SessionStatus.PENDING and engine.webhooks is not None:
-        engine.webhooks.emit("approval.requested", session.model_dump(mode="json"))
     return record.model_copy(update={"continuation": Continuation(messages=[])})
 
 

@@ -1,10 +1,12 @@
 """Runs: a held request's continuation, driven by the one replica that holds its lease.
 
 From its first approval notice on, a streamed request is a run. Its events get sequence
-numbers (the SSE `id:`), go at once to the local listeners (the client's response, and
-any re-attached ones), and in batches to the run's log in Redis, so a client can re-attach
-on any replica. The run goes on when its client disconnects; it stops only when it ends,
-when this replica drains, or when it loses its lease (another replica took over).
+numbers (the SSE `id:`) and go, in batches, to the run's log in Redis, and only once logged
+to the local listeners (the client's response, and any re-attached ones): an id a client
+has seen names a logged event, so a replica that takes the run over numbers its events
+after every id any client saw, and a client re-attaching anywhere gets exactly what it
+missed. The run goes on when its client disconnects; it stops only when it ends, when this
+replica drains, or when it loses its lease (another replica took over).
 """
 
 from __future__ import annotations
@@ -91,12 +93,18 @@ class Run:
         self.meta = meta
         self.seq = seq
         """The sequence number of the last event; the next one gets seq + 1."""
+        self.delivered = seq
+        """The sequence number of the last event logged, and so given to listeners."""
         self.first_seq = seq + 1
         self.session_id = lease.log_id
         """The session of the run's latest tool round (the first one's id names the run)."""
         self.history: list[tuple[int, LoggedEvent]] = []
+        """The events logged so far (what a listener joining now is sent first)."""
         self.listeners: set[Listener] = set()
-        self._unflushed: list[tuple[int, bytes]] = []
+        self.logged_tool_events: set[tuple[str, str]] = set()
+        """`(type, call id)` of the tool events an earlier owner logged: a taking-over run
+        reports every call's progress again, and sends only what is not logged yet."""
+        self._unflushed: list[tuple[int, LoggedEvent, bytes]] = []
         self._meta_fields: dict[str, str] = {**meta.as_fields(), "session": self.log_id}
         self._drive_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -156,8 +164,11 @@ class Run:
         with contextlib.suppress(RedisError, OSError):
             await self._flush()
             await self.registry.runlog.release(self.lease)
-        if hand_over and not self.ended:
-            reattach = Reattach(f"/v1/approvals/{self.log_id}/stream", self.seq)
+            if self.ended and self.delivered == self.seq:
+                await self.registry.runlog.untrack(self.log_id)
+        if (hand_over and not self.ended) or self.delivered < self.seq:
+            # Events not logged were never sent: whoever continues the run sends its own.
+            reattach = Reattach(f"/v1/approvals/{self.log_id}/stream", self.delivered)
             for listener in self.listeners:
                 listener.put(reattach)
         self.registry.runs.pop(self.log_id, None)
@@ -202,11 +213,14 @@ class Run:
             log.warning("run %s: recording its failure failed: %s", self.log_id, failure)
 
     def _publish(self, event: LoggedEvent) -> None:
+        """Number the event and queue it for the log (listeners get it once it is logged)."""
+        if (
+            isinstance(event, ToolEvent)
+            and (event.type, event.tool_call_id) in self.logged_tool_events
+        ):
+            return  # a taken-over run's progress its clients were sent already
         self.seq += 1
-        self.history.append((self.seq, event))
-        self._unflushed.append((self.seq, to_json(event)))
-        for listener in self.listeners:
-            listener.put((self.seq, event))
+        self._unflushed.append((self.seq, event, to_json(event)))
         if isinstance(event, _URGENT) or len(self._unflushed) >= 64:
             self._urgent = True
             self._cut_nap()
@@ -249,14 +263,28 @@ class Run:
         batch, self._unflushed = self._unflushed, []
         meta, self._meta_fields = self._meta_fields, {}
         try:
-            appended = await self.registry.runlog.append(self.lease, batch, meta)
+            appended = await self.registry.runlog.append(
+                self.lease, [(seq, raw) for seq, _, raw in batch], meta
+            )
         except BaseException:
+            # Perhaps logged after all (the reply was lost): the retry skips what is.
             self._unflushed = batch + self._unflushed
             self._meta_fields = {**meta, **self._meta_fields}
             raise
         if not appended:
+            # Fenced out: another replica numbers its events after the last one logged,
+            # which is the last one any listener was given.
             log.warning("run %s: lease lost; another replica continues it", self.log_id)
-            asyncio.get_running_loop().create_task(self.stop(hand_over=True))
+            self._unflushed = []
+            if not self._stopping:
+                asyncio.get_running_loop().create_task(self.stop(hand_over=True))
+            return
+        for seq, event, _ in batch:
+            self.history.append((seq, event))
+            for listener in self.listeners:
+                listener.put((seq, event))
+        if batch:
+            self.delivered = batch[-1][0]
 
 
 class RunRegistry:
@@ -318,16 +346,31 @@ class RunRegistry:
         fields = await self.runlog.meta(log_id)
         if fields.get("done"):  # it ended; its log holds everything
             await self.runlog.release(lease)
+            await self.runlog.untrack(log_id)
             return None
         if "session" not in fields:  # its replica died before logging anything
             fields = {**fields, "session": log_id}
         meta = ChunkMeta.of_fields(fields) if "completion_id" in fields else None
         run = Run(self, lease, int(fields.get("seq", "0")), meta or ChunkMeta.new("", False))
+        run.logged_tool_events = await self.runlog.logged_tool_events(log_id)
         self._track(run)
         source = resume(self.engine, fields["session"], hold=True, token=lease.token)
         log.info("run %s taken over with token %d", log_id, lease.token)
         run.start(source, Resumed(self.engine.runner_id))
         return run
+
+    async def adopt_orphans(self) -> int:
+        """Take over the runs no replica drives and no client re-attached to (their replica
+        died): each is driven to its end into its log, so a later re-attach, the approvals
+        API and the webhooks see its outcome. How many were taken over here."""
+        if self.draining:
+            return 0
+        adopted = 0
+        for log_id in await self.runlog.due():
+            if log_id not in self.runs and await self.take_over(log_id) is not None:
+                log.info("run %s had no replica and no client: taken over", log_id)
+                adopted += 1
+        return adopted
 
     async def drain(self) -> None:
         """Stop every run, handing each to whichever replica its client re-attaches to."""

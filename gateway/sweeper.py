@@ -1,9 +1,11 @@
-"""Expires overdue sessions, one replica at a time, so a session with no holder still ends."""
+"""Expires overdue sessions and adopts orphaned runs, one replica at a time, so a session
+with no holder still ends and a run whose replica died still reaches its end."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -15,10 +17,17 @@ log = logging.getLogger(__name__)
 class Sweeper:
     """Every `interval_s`, the replica that wins a short lock expires overdue sessions."""
 
-    def __init__(self, store: SessionStore, owner: str, interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        store: SessionStore,
+        owner: str,
+        interval_s: float = 0.5,
+        adopt_orphans: Callable[[], Awaitable[int]] | None = None,
+    ) -> None:
         self.store = store
         self.owner = owner
         self.interval_s = interval_s
+        self.adopt_orphans = adopt_orphans
         self.lock_key = f"{store.keys.prefix}:sweeper-lock"
 
     async def run_forever(self) -> None:
@@ -40,4 +49,6 @@ class Sweeper:
         for session_id in await self.store.overdue():
             if await self.store.expire_if_overdue(session_id) == "expired":
                 expired += 1
+        if self.adopt_orphans is not None:
+            await self.adopt_orphans()
         return expired

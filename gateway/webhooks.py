@@ -10,10 +10,11 @@ target subscribed to its type; a few background tasks POST the deliveries with o
     any other status                 failed, not retried
     `max_attempts` attempts made     failed, given up
 
-Delivery is at-least-once per process while it runs: an attempt whose response is lost
-is sent again, so receivers de-duplicate by event id (`X-Gateway-Event-Id`). Deliveries
-live in this process's memory only: those still queued or waiting to retry when a replica
-is killed, or when `stop()` runs out of grace, are lost.
+Delivery is at-least-once: an attempt whose response is lost is sent again, so receivers
+de-duplicate by event id (`X-Gateway-Event-Id`). The gateway's own events come through
+`deliver()`, from the sessions' durable outboxes (`core.outbox`): an event still queued or
+retrying when its replica dies stays in Redis, and another replica delivers it again,
+with the same id. (`emit()` alone keeps deliveries in this process's memory only.)
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def _digest(secret: bytes, timestamp: int, body: bytes) -> str:
     return hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
 
 
+class WebhooksBusy(RuntimeError):
+    """An event could not be queued for every target (stopping, or the queue is full)."""
+
+
 @dataclass(eq=False)
 class Delivery:
     """One event on its way to one target."""
@@ -89,6 +94,8 @@ class Delivery:
     body: bytes
     attempts: int = 0
     retry: asyncio.TimerHandle | None = None
+    done: asyncio.Future[None] | None = None
+    """Set when the delivery ends, delivered or not (for `deliver()`)."""
 
 
 class WebhookSender:
@@ -164,23 +171,39 @@ class WebhookSender:
         if self._client is not None:
             await self._client.aclose()
 
+    async def deliver(self, event_id: str, event_type: str, data: dict[str, Any]) -> None:
+        """Deliver an event with this id to every target subscribed to its type; return once
+        each delivery ended (delivered, refused, or out of attempts). Cancelled (the sender
+        stopped), it was not delivered everywhere: the caller keeps it to try again."""
+        subscribed = sum(1 for target in self.targets if event_type in target.events)
+        done = self._queue(event_id, event_type, data)
+        await asyncio.gather(*done)
+        if len(done) < subscribed:
+            raise WebhooksBusy(f"webhook {event_id}: the sender is stopped or its queue full")
+
     def emit(self, event_type: str, data: dict[str, Any]) -> str | None:
         """Queue the event for every target subscribed to `event_type`; its id, or None if none.
 
         Synchronous, never blocks and never raises: unserializable data, a full queue or a
         stopped sender is logged and the delivery dropped. Call it from the event loop's thread.
         """
+        event_id = f"evt_{uuid.uuid4().hex}"
+        return event_id if self._queue(event_id, event_type, data) else None
+
+    def _queue(
+        self, event_id: str, event_type: str, data: dict[str, Any]
+    ) -> list[asyncio.Future[None]]:
+        """One delivery per subscribed target; the futures of those queued."""
         targets = [target for target in self.targets if event_type in target.events]
         if not targets:
-            return None
-        event_id = f"evt_{uuid.uuid4().hex}"
+            return []
         event = {"id": event_id, "type": event_type, "created": int(time.time()), "data": data}
         try:
             body = orjson.dumps(event)
         except orjson.JSONEncodeError as error:
             log.error("webhook event %s (%s) not sent: %s", event_id, event_type, error)
-            return None
-        queued = 0
+            return []
+        queued = []
         for target in targets:
             if self._stopped or self.pending >= self.queue_size:
                 reason = "sender stopped" if self._stopped else "queue full"
@@ -189,9 +212,10 @@ class WebhookSender:
                 continue
             self.pending += 1
             self._idle.clear()
-            self._ready.put_nowait(Delivery(target, event_id, event_type, body))
-            queued += 1
-        return event_id if queued else None
+            done = asyncio.get_running_loop().create_future()
+            self._ready.put_nowait(Delivery(target, event_id, event_type, body, done=done))
+            queued.append(done)
+        return queued
 
     def backoff_s(self, attempts: int) -> float:
         """Wait before the next attempt after `attempts` failed ones: full jitter."""
@@ -268,6 +292,8 @@ class WebhookSender:
         self.pending -= 1
         if self.pending == 0:
             self._idle.set()
+        if delivery.done is not None and not delivery.done.done():
+            delivery.done.set_result(None)
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

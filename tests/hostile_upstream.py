@@ -9,6 +9,7 @@ answered from the script and recorded (`GET /requests/{key}`). All state lives i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import secrets
 import time
@@ -72,6 +73,8 @@ class Turn(BaseModel):
     """Like llama.cpp's Python server: a streamed request with tools gets 200 and no body."""
     repeat_name: bool = False
     """Streamed: repeat each call's id and name on every delta (some servers do)."""
+    pace_s: float = 0.0
+    """Streamed: send the text a word per event, this many seconds apart (a slow answer)."""
 
     def finish(self) -> str:
         if self.finish_reason is not None:
@@ -171,7 +174,9 @@ def stream_events(turn: Turn, model: str) -> list[bytes]:
         return b"data: " + orjson.dumps({**envelope, "choices": [choice]}) + b"\n\n"
 
     events = [chunk({"role": "assistant", "content": ""})]
-    if turn.text:
+    if turn.text and turn.pace_s > 0:
+        events += [chunk({"content": word}) for word in re.findall(r"\S+\s*", turn.text)]
+    elif turn.text:
         events.append(chunk({"content": turn.text}))
     for index, call in enumerate(turn.calls):
         events.append(chunk({"tool_calls": [{"index": index, **call.wire("")}]}))
@@ -190,9 +195,11 @@ def stream_events(turn: Turn, model: str) -> list[bytes]:
     return events
 
 
-async def _one_by_one(events: list[bytes]) -> AsyncIterator[bytes]:
+async def _one_by_one(events: list[bytes], pace_s: float = 0.0) -> AsyncIterator[bytes]:
     for event in events:
         yield event
+        if pace_s > 0:
+            await asyncio.sleep(pace_s)
 
 
 def respond(turn: Turn, body: dict[str, Any]) -> Response:
@@ -207,7 +214,7 @@ def respond(turn: Turn, body: dict[str, Any]) -> Response:
         return Response(turn.raw, media_type="text/event-stream")
     if turn.mode == "whole" or body.get("stream") is not True:
         return Response(orjson.dumps(completion(turn, model)), media_type="application/json")
-    events = _one_by_one(stream_events(turn, model))
+    events = _one_by_one(stream_events(turn, model), turn.pace_s)
     return StreamingResponse(events, media_type="text/event-stream")
 
 

@@ -1,0 +1,250 @@
+"""A session's side effects, written with the change that causes them and relayed after.
+
+A decision (or a new session) writes its audit entries and its webhook events into two
+streams of the session's own (same hash tag, so the same script or MULTI that changes the
+session writes them, on Redis Cluster too): `outbox_audit` and `outbox_hooks`. Whatever
+happens to the replica next, they are in Redis. A relay then copies the audit entries to
+the tenant's audit stream and hands the webhook events, one at a time per session, to the
+webhook sender, deleting each only once it is done with:
+
+    audit entry     appended to the audit log, then deleted from the outbox
+    webhook event   delivered (or given up on) to every target, then deleted
+
+so a relay that dies half-way leaves the rest for the next one: at-least-once, with the
+same event id every time (`event_id`), in order per session.
+
+Which sessions have something to relay is the sorted set `Keys.outbox_due` (unix ms of
+the next look). A writer adds its session there before it writes (a crash right after
+the write is found) and again after (a relay that emptied the index meanwhile does not
+hide the new entries); the relay of the replica that wrote is told at once (`kick`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.lock import Lock
+from redis.exceptions import LockError, RedisError
+
+from core import scripts
+from core.audit import AuditEntry, AuditLog
+from core.keys import Keys
+from core.records import ApprovalSession
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+"""Deliver one webhook event (id, type, data) to every target; returns once each is done."""
+SessionView = Callable[[str], Awaitable[dict[str, Any] | None]]
+"""The session as the approvals API shows it now (None once it is gone)."""
+
+LOCK_MS = 30_000
+"""How long a relay owns a session's outbox without renewing (renewed while it works)."""
+RETRY_MS = 2_000
+"""When a session is looked at again if its relay did not finish (or a writer died)."""
+
+
+def event_id(session_id: str, entry_id: str) -> str:
+    """The webhook event id of an outbox entry: the same on every redelivery."""
+    return f"evt_{session_id}_{entry_id.replace('-', '_')}"
+
+
+@dataclass
+class Outbox:
+    """Writes to the session outboxes, and relays them."""
+
+    redis: Redis
+    keys: Keys
+    audit: AuditLog
+    retention_s: int
+    owner: str = ""
+    """This process's name, in the relay lock."""
+    _kicked: set[str] = field(default_factory=set)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._forget = self.redis.register_script(scripts.FORGET_IF_UNCHANGED)
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def expect(self, session_id: str) -> None:
+        """Before a write: look at the session's outbox soon, even if the writer dies."""
+        await self.redis.zadd(self.keys.outbox_due, {session_id: _now_ms() + RETRY_MS})
+
+    def add_to(
+        self,
+        pipe: Pipeline,
+        session_id: str,
+        entries: Iterable[AuditEntry] = (),
+        hooks: Iterable[tuple[str, Mapping[str, Any]]] = (),
+    ) -> None:
+        """Queue outbox writes on the pipeline (the MULTI) that changes the session."""
+        audit_key = self.keys.outbox_audit(session_id)
+        hooks_key = self.keys.outbox_hooks(session_id)
+        for entry in entries:
+            pipe.xadd(audit_key, {"e": orjson.dumps(entry.fields())})
+        for kind, data in hooks:
+            pipe.xadd(hooks_key, {"type": kind, "data": orjson.dumps(data)})
+        for key in (audit_key, hooks_key):
+            pipe.expire(key, self.retention_s)
+
+    async def written(
+        self, session_id: str, views: Mapping[str, ApprovalSession] | None = None
+    ) -> None:
+        """After a write: index it again, and tell this process's relay. `views`: the session
+        as its webhook events (by entry id) should show it; an event without one (its writer
+        died before this) shows the session as it is when relayed."""
+        if views:
+            key = self.keys.outbox_views(session_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hset(key, mapping={i: v.model_dump_json() for i, v in views.items()})
+                pipe.expire(key, self.retention_s)
+                await pipe.execute()
+        await self.expect(session_id)
+        self.kick(session_id)
+
+    def kick(self, session_id: str) -> None:
+        self._kicked.add(session_id)
+        self._wake.set()
+
+    # --- relaying ------------------------------------------------------------------------------
+
+    def _lock(self, session_id: str, part: str) -> Lock:
+        return self.redis.lock(self.keys.outbox_lock(session_id, part), timeout=LOCK_MS / 1000)
+
+    async def relay_audit(self, session_id: str, wait_s: float = 2.0) -> bool:
+        """Copy the session's pending audit entries to the audit log, each deleted from the
+        outbox once it is there (an entry copied twice, by a relay that died in between,
+        carries the same `outbox_id` detail). False when another relay held them `wait_s`."""
+        lock = self._lock(session_id, "audit")
+        if not await lock.acquire(blocking_timeout=wait_s, token=self._token()):
+            return False
+        try:
+            key = self.keys.outbox_audit(session_id)
+            rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(key, "-", "+")  # type: ignore[assignment]
+            if rows:
+                entries = []
+                for entry_id, fields in rows:
+                    flat = orjson.loads(fields["e"])
+                    detail = orjson.loads(flat.pop("detail"))
+                    detail["outbox_id"] = f"{session_id}/{entry_id}"
+                    entries.append(AuditEntry(**flat, detail=detail))
+                await self.audit.append(entries)
+                await self.redis.xdel(key, *(entry_id for entry_id, _ in rows))
+            return True
+        finally:
+            with contextlib.suppress(LockError, RedisError):
+                await lock.release()
+
+    async def relay_hooks(
+        self, session_id: str, deliver: Deliver | None, view: SessionView
+    ) -> bool:
+        """Hand the session's webhook events to `deliver` in order, each deleted once every
+        target is done with it. False when another relay holds them."""
+        lock = self._lock(session_id, "hooks")
+        if not await lock.acquire(blocking=False, token=self._token()):
+            return False
+        renewer = asyncio.create_task(_keep(lock))
+        try:
+            key = self.keys.outbox_hooks(session_id)
+            while True:
+                rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
+                    key, "-", "+", count=1
+                )
+                if not rows:
+                    return True
+                entry_id, fields = rows[0]
+                if deliver is not None:
+                    data = orjson.loads(fields["data"])
+                    if fields["type"] == "approval.decided":
+                        data = {"session": await self._view(session_id, entry_id, view), **data}
+                    await deliver(event_id(session_id, entry_id), fields["type"], data)
+                await self.redis.xdel(key, entry_id)
+                await self.redis.hdel(self.keys.outbox_views(session_id), entry_id)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(LockError, RedisError, asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(LockError, RedisError):
+                await lock.release()
+
+    async def relay(self, session_id: str, deliver: Deliver | None, view: SessionView) -> bool:
+        """Relay the session's outbox: audit entries, then webhook events in order. True when
+        it is empty after (and the session left the index)."""
+        # Other relays look again only once this one's locks could have lapsed.
+        bumped = _now_ms() + LOCK_MS
+        await self.redis.zadd(self.keys.outbox_due, {session_id: bumped})
+        if not await self.relay_audit(session_id, wait_s=0.1):
+            return False
+        if not await self.relay_hooks(session_id, deliver, view):
+            return False
+        keys = self.keys.outbox_audit(session_id), self.keys.outbox_hooks(session_id)
+        if await self.redis.exists(*keys):
+            return False
+        # Unless a writer indexed it again meanwhile (its new entries would hide).
+        await self._forget(keys=[self.keys.outbox_due], args=[session_id, bumped])
+        return True
+
+    async def _view(self, session_id: str, entry_id: str, view: SessionView) -> Any:
+        stored = await self.redis.hget(self.keys.outbox_views(session_id), entry_id)
+        return orjson.loads(stored) if stored else await view(session_id)
+
+    def _token(self) -> str:
+        return f"{self.owner}:{secrets.token_hex(8)}"
+
+    async def relay_forever(
+        self, deliver: Deliver | None, view: SessionView, *, concurrency: int = 8
+    ) -> None:
+        """Relay what is kicked here at once, and every due session (any replica's) soon."""
+        running: dict[str, asyncio.Task[bool]] = {}
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(session_id: str) -> bool:
+            async with slots:
+                try:
+                    return await self.relay(session_id, deliver, view)
+                except Exception as error:  # Redis trouble, or the sender is full: later
+                    log.warning("outbox of %s not relayed yet: %s", session_id, error)
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.expect(session_id)
+                    return False
+
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
+            self._wake.clear()
+            kicked, self._kicked = self._kicked, set()
+            try:
+                due: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
+                    self.keys.outbox_due, "-inf", _now_ms(), start=0, num=100
+                )
+            except (RedisError, OSError) as error:
+                log.warning("outbox index unreadable: %s", error)
+                due = []
+            for session_id in {*kicked, *due}:
+                if session_id not in running:
+                    task = asyncio.create_task(one(session_id), name=f"outbox-{session_id}")
+                    running[session_id] = task
+                    task.add_done_callback(lambda _, s=session_id: running.pop(s, None))  # type: ignore[misc]
+
+
+async def _keep(lock: Lock) -> None:
+    """Extend the relay's lock while it works (a slow webhook receiver may take minutes)."""
+    while True:
+        await asyncio.sleep(LOCK_MS / 3000)
+        await lock.extend(LOCK_MS / 1000, replace_ttl=True)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
