@@ -48,8 +48,8 @@ Deliver = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 SessionView = Callable[[str], Awaitable[dict[str, Any] | None]]
 """The session as the approvals API shows it now (None once it is gone)."""
 
-LOCK_MS = 30_000
-"""How long a relay owns a session's outbox without renewing (renewed while it works)."""
+LOCK_MS = 10_000
+"""How long a relay owns a session's outbox without renewing (the gateway: `lease_s`)."""
 RETRY_MS = 2_000
 """When a session is looked at again if its relay did not finish (or a writer died)."""
 
@@ -69,6 +69,8 @@ class Outbox:
     retention_s: int
     owner: str = ""
     """This process's name, in the relay lock."""
+    lock_ms: int = LOCK_MS
+    """How long a dead relay's lock keeps the others off its sessions (renewed while alive)."""
     _kicked: set[str] = field(default_factory=set)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -120,7 +122,7 @@ class Outbox:
     # --- relaying ------------------------------------------------------------------------------
 
     def _lock(self, session_id: str, part: str) -> Lock:
-        return self.redis.lock(self.keys.outbox_lock(session_id, part), timeout=LOCK_MS / 1000)
+        return self.redis.lock(self.keys.outbox_lock(session_id, part), timeout=self.lock_ms / 1000)
 
     async def relay_audit(self, session_id: str, wait_s: float = 2.0) -> bool:
         """Copy the session's pending audit entries to the audit log, each deleted from the
@@ -154,7 +156,7 @@ class Outbox:
         lock = self._lock(session_id, "hooks")
         if not await lock.acquire(blocking=False, token=self._token()):
             return False
-        renewer = asyncio.create_task(_keep(lock))
+        renewer = asyncio.create_task(_keep(lock, self.lock_ms))
         try:
             key = self.keys.outbox_hooks(session_id)
             while True:
@@ -182,11 +184,11 @@ class Outbox:
         """Relay the session's outbox: audit entries, then webhook events in order. True when
         it is empty after (and the session left the index)."""
         # Other relays look again only once this one's locks could have lapsed.
-        bumped = _now_ms() + LOCK_MS
+        bumped = _now_ms() + self.lock_ms
         await self.redis.zadd(self.keys.outbox_due, {session_id: bumped})
-        if not await self.relay_audit(session_id, wait_s=0.1):
-            return False
-        if not await self.relay_hooks(session_id, deliver, view):
+        audited = await self.relay_audit(session_id, wait_s=0.1)
+        if not (await self.relay_hooks(session_id, deliver, view) and audited):
+            await self.expect(session_id)  # another relay holds a part: look again soon
             return False
         keys = self.keys.outbox_audit(session_id), self.keys.outbox_hooks(session_id)
         if await self.redis.exists(*keys):
@@ -239,11 +241,11 @@ class Outbox:
                     task.add_done_callback(lambda _, s=session_id: running.pop(s, None))  # type: ignore[misc]
 
 
-async def _keep(lock: Lock) -> None:
+async def _keep(lock: Lock, lock_ms: int) -> None:
     """Extend the relay's lock while it works (a slow webhook receiver may take minutes)."""
     while True:
-        await asyncio.sleep(LOCK_MS / 3000)
-        await lock.extend(LOCK_MS / 1000, replace_ttl=True)
+        await asyncio.sleep(lock_ms / 3000)
+        await lock.extend(lock_ms / 1000, replace_ttl=True)
 
 
 def _now_ms() -> int:

@@ -78,7 +78,14 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings, f"gateway:{runner_id}")
         audit_log = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
-        outbox = Outbox(redis, keys, audit_log, settings.session_retention_s, runner_id)
+        outbox = Outbox(
+            redis,
+            keys,
+            audit_log,
+            settings.session_retention_s,
+            runner_id,
+            lock_ms=int(settings.lease_s * 1000),
+        )
         hooks = frozenset(kind for target in settings.webhooks for kind in target.events)
         store = SessionStore(
             redis, keys, settings.session_retention_s, audit_log, outbox=outbox, hooks=hooks
