@@ -1,14 +1,21 @@
 """Every Redis key and channel name, built in one place under a configurable prefix.
 
 Keys of one session share the hash tag `{session_id}` so that every script that
-touches several of them stays on one slot of a Redis Cluster. The global keys
-(deadline index, job stream) are never touched together with session keys in
-one script.
+touches several of them stays on one slot of a Redis Cluster. The indexes
+(pending sessions by deadline, runs, outboxes to relay) are split into
+`index_shards` shards, each under a hash tag of its own (`{ix<n>}`), so on a
+cluster they spread over the masters; a session's entries go to the shard its
+id hashes to (`shard`), and a script that touches an index touches one shard.
+No script touches a session's keys and an index together.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+
+CLUSTER_INDEX_SHARDS = 16
+"""Index shards on a Redis Cluster (one on a single Redis)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +23,22 @@ class Keys:
     """Builds key names for one deployment (one `prefix`)."""
 
     prefix: str
+    index_shards: int = 1
+
+    @classmethod
+    def of(cls, prefix: str, *, cluster: bool) -> Keys:
+        return cls(prefix, CLUSTER_INDEX_SHARDS if cluster else 1)
+
+    def shard(self, member: str) -> int:
+        """The index shard of a session or run id."""
+        return zlib.crc32(member.encode()) % self.index_shards
+
+    @property
+    def shards(self) -> range:
+        return range(self.index_shards)
+
+    def _ix(self, shard: int) -> str:
+        return f"{self.prefix}:{{ix{shard}}}"
 
     def session(self, session_id: str) -> str:
         """Hash holding one approval session: status, request, calls, decisions, results."""
@@ -41,11 +64,10 @@ class Keys:
         """Counter issuing the fencing tokens of a run's leases."""
         return f"{self.prefix}:fence:{{{log_id}}}"
 
-    @property
-    def runs(self) -> str:
-        """Sorted set of the runs not known to have ended, scored by when (unix ms) the
-        sweeper next checks that a replica still drives them."""
-        return f"{self.prefix}:runs"
+    def runs(self, shard: int) -> str:
+        """Sorted set of the runs not known to have ended (one shard of them), scored by
+        when (unix ms) the sweeper next checks that a replica still drives them."""
+        return f"{self._ix(shard)}:runs"
 
     def outbox_audit(self, session_id: str) -> str:
         """Stream of a session's audit entries not yet in the audit log (`core.outbox`)."""
@@ -63,21 +85,20 @@ class Keys:
         """Which relay works on one `part` ("audit", "hooks") of a session's outbox now."""
         return f"{self.prefix}:outbox:lock:{part}:{{{session_id}}}"
 
-    @property
-    def outbox_due(self) -> str:
-        """Sorted set of sessions whose outbox may hold entries, scored by when (unix ms) a
-        relay next looks."""
-        return f"{self.prefix}:outbox-due"
+    def outbox_due(self, shard: int) -> str:
+        """Sorted set of sessions (one shard of them) whose outbox may hold entries, scored
+        by when (unix ms) a relay next looks."""
+        return f"{self._ix(shard)}:outbox-due"
 
     @property
     def hub_channel(self) -> str:
         """Channel every process's wake-up hub keeps subscribed (keeps its connection open)."""
         return f"{self.prefix}:hub"
 
-    @property
-    def deadlines(self) -> str:
-        """Sorted set of pending session ids scored by their deadline (unix seconds)."""
-        return f"{self.prefix}:deadlines"
+    def deadlines(self, shard: int) -> str:
+        """Sorted set of pending session ids (one shard of them) scored by their deadline
+        (unix seconds)."""
+        return f"{self._ix(shard)}:deadlines"
 
     @property
     def jobs(self) -> str:
@@ -128,9 +149,10 @@ class Keys:
         SHA-256) by one requester (`scope`)."""
         return f"{self.prefix}:idem:{scope}:{{idem-{digest}}}"
 
-    def pending_of(self, tenant: str) -> str:
-        """Sorted set of one tenant's pending session ids scored by deadline (its fair share)."""
-        return f"{self.prefix}:pending:{tenant.encode().hex()}"
+    def pending_of(self, tenant: str, shard: int) -> str:
+        """Sorted set of one tenant's pending session ids (in one shard) scored by deadline
+        (its fair share); in the shard's slot, beside `deadlines`."""
+        return f"{self._ix(shard)}:pending:{tenant.encode().hex()}"
 
     @property
     def jobs_group(self) -> str:

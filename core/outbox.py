@@ -13,7 +13,7 @@ webhook sender, deleting each only once it is done with:
 so a relay that dies half-way leaves the rest for the next one: at-least-once, with the
 same event id every time (`event_id`), in order per session.
 
-Which sessions have something to relay is the sorted set `Keys.outbox_due` (unix ms of
+Which sessions have something to relay is the sorted sets `Keys.outbox_due` (unix ms of
 the next look). A writer adds its session there before it writes (a crash right after
 the write is found) and again after (a relay that emptied the index meanwhile does not
 hide the new entries); the relay of the replica that wrote is told at once (`kick`).
@@ -81,7 +81,7 @@ class Outbox:
 
     async def expect(self, session_id: str) -> None:
         """Before a write: look at the session's outbox soon, even if the writer dies."""
-        await self.redis.zadd(self.keys.outbox_due, {session_id: _now_ms() + RETRY_MS})
+        await self.redis.zadd(self._due(session_id), {session_id: _now_ms() + RETRY_MS})
 
     def add_to(
         self,
@@ -185,7 +185,7 @@ class Outbox:
         it is empty after (and the session left the index)."""
         # Other relays look again only once this one's locks could have lapsed.
         bumped = _now_ms() + self.lock_ms
-        await self.redis.zadd(self.keys.outbox_due, {session_id: bumped})
+        await self.redis.zadd(self._due(session_id), {session_id: bumped})
         audited = await self.relay_audit(session_id, wait_s=0.1)
         if not (await self.relay_hooks(session_id, deliver, view) and audited):
             await self.expect(session_id)  # another relay holds a part: look again soon
@@ -194,12 +194,22 @@ class Outbox:
         if await self.redis.exists(*keys):
             return False
         # Unless a writer indexed it again meanwhile (its new entries would hide).
-        await self._forget(keys=[self.keys.outbox_due], args=[session_id, bumped])
+        await self._forget(keys=[self._due(session_id)], args=[session_id, bumped])
         return True
 
     async def _view(self, session_id: str, entry_id: str, view: SessionView) -> Any:
         stored = await self.redis.hget(self.keys.outbox_views(session_id), entry_id)
         return orjson.loads(stored) if stored else await view(session_id)
+
+    def _due(self, session_id: str) -> str:
+        return self.keys.outbox_due(self.keys.shard(session_id))
+
+    async def _due_now(self, limit: int = 100) -> list[str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.shards:
+                pipe.zrangebyscore(self.keys.outbox_due(shard), "-inf", _now_ms(), 0, limit)
+            shards: list[list[str]] = await pipe.execute()
+        return [session_id for ids in shards for session_id in ids]
 
     def _token(self) -> str:
         return f"{self.owner}:{secrets.token_hex(8)}"
@@ -228,9 +238,7 @@ class Outbox:
             self._wake.clear()
             kicked, self._kicked = self._kicked, set()
             try:
-                due: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-                    self.keys.outbox_due, "-inf", _now_ms(), start=0, num=100
-                )
+                due = await self._due_now()
             except (RedisError, OSError) as error:
                 log.warning("outbox index unreadable: %s", error)
                 due = []

@@ -87,19 +87,24 @@ class RunLog:
     async def track(self, log_id: str, after_ms: int) -> None:
         """Index the run, to be checked in `after_ms` (see `due`)."""
         check_at = int(time.time() * 1000) + after_ms
-        await self.redis.zadd(self.keys.runs, {log_id: check_at})
+        await self.redis.zadd(self._index(log_id), {log_id: check_at})
 
     async def untrack(self, log_id: str) -> None:
         """The run ended: nobody needs to check on it any more."""
-        await self.redis.zrem(self.keys.runs, log_id)
+        await self.redis.zrem(self._index(log_id), log_id)
+
+    def _index(self, log_id: str) -> str:
+        return self.keys.runs(self.keys.shard(log_id))
 
     async def due(self, limit: int = 500) -> list[str]:
         """Runs whose next check is due: each is leased (checked again a lease later),
         ended (dropped from the index), or orphaned (returned, for a replica to take over)."""
         now_ms = int(time.time() * 1000)
-        log_ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-            self.keys.runs, "-inf", now_ms, start=0, num=limit
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.shards:
+                pipe.zrangebyscore(self.keys.runs(shard), "-inf", now_ms, start=0, num=limit)
+            shards: list[list[str]] = await pipe.execute()
+        log_ids = [log_id for ids in shards for log_id in ids]
         if not log_ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -111,9 +116,9 @@ class RunLog:
         async with self.redis.pipeline(transaction=False) as pipe:
             for log_id, ttl_ms, done in zip(log_ids, replies[::2], replies[1::2], strict=True):
                 if done:
-                    pipe.zrem(self.keys.runs, log_id)
+                    pipe.zrem(self._index(log_id), log_id)
                 elif ttl_ms > 0:
-                    pipe.zadd(self.keys.runs, {log_id: now_ms + ttl_ms + 100})
+                    pipe.zadd(self._index(log_id), {log_id: now_ms + ttl_ms + 100})
                 else:
                     orphans.append(log_id)
             await pipe.execute()

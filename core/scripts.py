@@ -414,19 +414,25 @@ return 1
 """
 
 # Reserve a place for a new pending session within the deployment's and the tenant's
-# bounds, in one step (a count and a later insert would let a burst past both).
-# KEYS[1] the deadline index
-# KEYS[2] the tenant's pending index
+# bounds, in one step within its index shard (a count and a later insert would let a burst
+# past both); the other shards' counts, read just before, are added (with one shard, as
+# on a single Redis, the bounds are exact).
+# KEYS[1] the shard's deadline index
+# KEYS[2] the tenant's pending index in the shard
 # ARGV[1] session id
 # ARGV[2] its deadline (unix seconds)
 # ARGV[3] the deployment's bound
 # ARGV[4] the tenant's bound
 # ARGV[5] entries of the tenant's index older than this no longer count (a crash left them)
+# ARGV[6] pending sessions in the other shards
+# ARGV[7] the tenant's pending sessions in the other shards
 # Returns 'ok' when reserved, else 'total' or 'tenant': the bound that refused it.
 RESERVE_PENDING = """
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[5])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 'total' end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 'tenant' end
+local total = redis.call('ZCARD', KEYS[1]) + tonumber(ARGV[6])
+if total >= tonumber(ARGV[3]) then return 'total' end
+local tenant = redis.call('ZCARD', KEYS[2]) + tonumber(ARGV[7])
+if tenant >= tonumber(ARGV[4]) then return 'tenant' end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 'ok'

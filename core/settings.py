@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(default=2.0, gt=0, description="bound on every hot-path call")
     redis_max_connections: int = Field(default=64, ge=4, description="per process; calls queue")
     redis_pool_wait_s: float = Field(default=10.0, gt=0, description="wait for a free connection")
+    redis_cluster: bool = Field(
+        default=False, description="redis_url is one node of a Redis Cluster (7.0 or later)"
+    )
+    """Clients follow the cluster's slot map, and wake-ups travel over sharded pub/sub
+    (`SSUBSCRIBE`/`SPUBLISH`, one connection per master)."""
 
     # Upstream model; the default points at the offline model's default address.
     upstream_base_url: str = "http://127.0.0.1:8001/v1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -123,8 +125,16 @@ class SessionStore:
         self, limit: int = 100, tenant: str | None = None
     ) -> list[ApprovalSession]:
         """Pending sessions (of `tenant`, or of every tenant), soonest deadline first."""
-        index = self.keys.deadlines if tenant is None else self.keys.pending_of(tenant)
-        ids: list[str] = await self.redis.zrange(index, 0, limit - 1)  # type: ignore[assignment]
+        keys = self.keys
+        indexes = [
+            keys.deadlines(n) if tenant is None else keys.pending_of(tenant, n) for n in keys.shards
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for index in indexes:
+                pipe.zrange(index, 0, limit - 1, withscores=True)
+            shards: list[list[tuple[str, float]]] = await pipe.execute()
+        merged = heapq.merge(*shards, key=lambda pair: pair[1])
+        ids = [session_id for session_id, _ in itertools.islice(merged, limit)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for session_id in ids:
                 pipe.hgetall(self.keys.session(session_id))
@@ -139,9 +149,26 @@ class SessionStore:
         None. (`create` then stores it; a session whose expiry was never recorded, after a
         crash between two writes, stops counting against its tenant a minute after its
         deadline.)"""
+        keys, shard = self.keys, self.keys.shard(session_id)
+        elsewhere = [n for n in keys.shards if n != shard]
+        counts = [0, 0]
+        if elsewhere:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for n in elsewhere:
+                    pipe.zcard(keys.deadlines(n))
+                    pipe.zcard(keys.pending_of(tenant, n))
+                cards: list[int] = await pipe.execute()
+            counts = [sum(cards[::2]), sum(cards[1::2])]
         refused: str = await self._reserve_pending(
-            keys=[self.keys.deadlines, self.keys.pending_of(tenant)],
-            args=[session_id, repr(deadline), max_total, max_tenant, repr(time.time() - 60)],
+            keys=[keys.deadlines(shard), keys.pending_of(tenant, shard)],
+            args=[
+                session_id,
+                repr(deadline),
+                max_total,
+                max_tenant,
+                repr(time.time() - 60),
+                *counts,
+            ],
         )
         if refused == "ok":
             return None
@@ -205,10 +232,7 @@ class SessionStore:
         )
         if outcome == "ok":
             if rest[0] == "decided":  # it leaves the indexes of pending sessions
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.zrem(self.keys.deadlines, session_id)
-                    pipe.zrem(self.keys.pending_of(tenant), session_id)
-                    await pipe.execute()
+                await self._unindex(session_id, tenant)
             if self.outbox is not None:
                 after = SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
                 await self.outbox.written(session_id, {rest[2]: after.view} if rest[2] else {})
@@ -237,7 +261,7 @@ class SessionStore:
             keys=[self.keys.session(session_id)], args=[self.keys.wakeup_channel(session_id)]
         )
         if status is None:
-            await self.redis.zrem(self.keys.deadlines, session_id)
+            await self.redis.zrem(self.keys.deadlines(self.keys.shard(session_id)), session_id)
             return None
         if status == "expired_now":
             await self._expired(session_id, now=True)
@@ -250,20 +274,26 @@ class SessionStore:
         """Drop a session that is no longer pending from the deadline indexes; audit its
         expiry if it expired just now."""
         tenant = str(await self.redis.hget(self.keys.session(session_id), "tenant") or "default")
+        await self._unindex(session_id, tenant)
+        if now and self.audit is not None:
+            await self.audit.append([AuditEntry("expired", session=session_id, tenant=tenant)])
+
+    async def _unindex(self, session_id: str, tenant: str) -> None:
+        """The session is no longer pending: out of its shard's deadline indexes."""
+        shard = self.keys.shard(session_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.deadlines, session_id)
-            pipe.zrem(self.keys.pending_of(tenant), session_id)
-            if now and self.audit is not None:
-                entry = AuditEntry("expired", session=session_id, tenant=tenant)
-                self.audit.add_to(pipe, [entry])
+            pipe.zrem(self.keys.deadlines(shard), session_id)
+            pipe.zrem(self.keys.pending_of(tenant, shard), session_id)
             await pipe.execute()
 
     async def overdue(self, limit: int = 100) -> list[str]:
-        """Ids in the deadline index whose deadline has passed."""
-        ids: list[str] = await self.redis.zrangebyscore(  # type: ignore[assignment]
-            self.keys.deadlines, "-inf", time.time(), 0, limit
-        )
-        return ids
+        """Ids in the deadline indexes whose deadline has passed (up to `limit` per shard)."""
+        now = time.time()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.shards:
+                pipe.zrangebyscore(self.keys.deadlines(shard), "-inf", now, 0, limit)
+            shards: list[list[str]] = await pipe.execute()
+        return [session_id for ids in shards for session_id in ids]
 
     async def begin_run(self, session_id: str, runner: str, token: int = 0) -> Claim:
         """Claim the continuation of a decided session, in one round trip (see `Claim`).

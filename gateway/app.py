@@ -64,7 +64,7 @@ LEGACY_PATHS = frozenset({"/v1/chat/completion", "/v1/chat/approve"})
 
 def create_app(settings: Settings) -> Starlette:
     """The gateway's ASGI app for one replica."""
-    keys = Keys(settings.key_prefix)
+    keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
     toolbox = ToolBox.from_settings(settings)
     runner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     authenticator = Authenticator(settings.api_keys)

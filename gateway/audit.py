@@ -82,7 +82,7 @@ async def export(
     """Write the audit log as JSON lines to stdout, every tenant's merged in time order (or
     one `tenant`'s); returns how many entries."""
     redis = connect(settings, "gateway-audit")
-    keys = Keys(settings.key_prefix)
+    keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
     audit = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
     written = 0
     try:

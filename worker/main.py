@@ -35,7 +35,7 @@ class Worker:
     """One consumer of the job group, running up to `concurrency` calls at once."""
 
     def __init__(self, settings: Settings, redis: Redis, toolbox: ToolBox) -> None:
-        keys = Keys(settings.key_prefix)
+        keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
         self.settings = settings.worker
         self.name = settings.worker.name or f"{socket.gethostname()}-{os.getpid()}"
         self.store = SessionStore(redis, keys, settings.session_retention_s)
