@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
+from core.connect import RedisClient, RedisPipeline
 from core.keys import Keys
 from core.records import ApprovalSession, ToolCall
 from core.settings import Settings
@@ -62,7 +61,7 @@ class AuditLog:
     """Appends to the tenants' audit streams and reads them back in time order."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, maxlen: int, retention_s: int = _RETENTION_S
+        self, redis: RedisClient, keys: Keys, maxlen: int, retention_s: int = _RETENTION_S
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -70,7 +69,7 @@ class AuditLog:
         """Per tenant's stream, approximate."""
         self.retention_ms = retention_s * 1000
 
-    def add_to(self, pipe: Pipeline, entries: Iterable[AuditEntry]) -> None:
+    def add_to(self, pipe: RedisPipeline, entries: Iterable[AuditEntry]) -> None:
         """Queue appends on a pipeline another write goes out on (one round trip for both)."""
         # XADD takes MAXLEN or MINID, not both. The age bound rides on every XADD, exact:
         # a quiet tenant's stream is small, and `~` keeps a whole node (up to 100 entries,

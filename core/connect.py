@@ -2,17 +2,44 @@
 
 from __future__ import annotations
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from typing import TypeAlias
+
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.settings import Settings
+
+RedisClient: TypeAlias = Redis | RedisCluster
+"""What `connect` returns: one server's client, or a Redis Cluster's (`redis_cluster`)."""
+
+RedisPipeline: TypeAlias = Pipeline | ClusterPipeline
+"""What `RedisClient.pipeline()` returns."""
+
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,  # a master failed and its replica is not promoted yet
+    TryAgainError,  # a slot is mid-migration
+    RedisClusterUnreachableError,  # (not a RedisError) no node answers
+    SlotNotCoveredError,  # (not a RedisError) no node serves the key's slot
+)
+"""What either client raises when Redis cannot serve a call now (retry later)."""
 
 
 def connect(
     settings: Settings, name: str, *, extra_read_s: float = 0.0, max_connections: int = 0
-) -> Redis:
+) -> RedisClient:
     """A client whose every call is bounded by `redis_timeout_s` (+ `extra_read_s` for reads
     that block on purpose) and whose connections show up as `name` in `CLIENT LIST`.
 
@@ -26,10 +53,13 @@ def connect(
     busy, a call waits its turn (up to `redis_pool_wait_s`) instead of failing at once, so
     a burst of ten thousand resumed streams queues on a few dozen connections. (A Redis
     that is down fails fast on connecting, not on this wait.)
+
+    With `redis_cluster` the client is a `RedisCluster` (see `connect_cluster`).
     """
-    retry = Retry(
-        ExponentialBackoff(cap=0.25, base=0.02), retries=3, supported_errors=(RedisConnectionError,)
-    )
+    if settings.redis_cluster:
+        return connect_cluster(
+            settings, name, extra_read_s=extra_read_s, max_connections=max_connections
+        )
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=max_connections or settings.redis_max_connections,
@@ -38,6 +68,34 @@ def connect(
         socket_timeout=settings.redis_timeout_s + extra_read_s,
         socket_connect_timeout=settings.redis_timeout_s,
         client_name=name,
-        retry=retry,
+        retry=_retry(),
     )
     return Redis.from_pool(pool)
+
+
+def connect_cluster(
+    settings: Settings, name: str, *, extra_read_s: float = 0.0, max_connections: int = 0
+) -> RedisCluster:
+    """A Redis Cluster client that discovers the cluster from `redis_url` (any one node).
+
+    It differs from the single-server client where redis-py's cluster client does:
+    `redis_max_connections` bounds the connections to *each* node, and a call that finds
+    them all busy fails at once (`MaxConnectionsError`) rather than waiting its turn; and
+    a call that times out *is* retried (on a refreshed slot map, since the node may have
+    failed over), so a frozen node surfaces after a few bounds rather than one.
+    """
+    return RedisCluster.from_url(
+        settings.redis_url,
+        max_connections=max_connections or settings.redis_max_connections,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s + extra_read_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        client_name=name,
+        retry=_retry(),
+    )
+
+
+def _retry() -> Retry:
+    return Retry(
+        ExponentialBackoff(cap=0.25, base=0.02), retries=3, supported_errors=(RedisConnectionError,)
+    )

@@ -18,9 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
-
+from core.connect import RedisClient, RedisPipeline
 from core.keys import Keys
 
 _ID_PREFIX = "conv_"
@@ -48,7 +46,7 @@ class ConversationIds:
         self._secret = secret
 
     @classmethod
-    async def load(cls, redis: Redis, keys: Keys) -> ConversationIds:
+    async def load(cls, redis: RedisClient, keys: Keys) -> ConversationIds:
         """With the deployment's secret, made by whichever process starts first."""
         await redis.set(keys.conversation_secret, secrets.token_hex(32), nx=True)
         secret: str = await redis.get(keys.conversation_secret)  # type: ignore[assignment]
@@ -92,7 +90,7 @@ class ConversationTaint:
     MAX_CHECKED = 32
     """How many of a history's latest assistant texts and call ids are looked up."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, ttl_s: int) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
@@ -137,7 +135,7 @@ def _digest(text: str) -> str:
 class Grants:
     """Reads and writes grants in Redis."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
 
@@ -163,7 +161,7 @@ class Grants:
         return covered
 
     def add_to(
-        self, pipe: Pipeline, scope: GrantScope, tool: str, sha: str, grantor: str, ttl_s: int
+        self, pipe: RedisPipeline, scope: GrantScope, tool: str, sha: str, grantor: str, ttl_s: int
     ) -> None:
         """Queue a grant on a pipeline another write goes out on."""
         pipe.set(self.keys.grant(scope.key_part(), tool, sha), grantor, ex=ttl_s)

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from redis.asyncio import Redis
-
+from core.connect import RedisClient
 from core.keys import Keys
 
 
 class Handoffs:
     """Call id -> session id, for the calls released to clients."""
 
-    def __init__(self, redis: Redis, keys: Keys, ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, ttl_s: int) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s

@@ -13,9 +13,8 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from core import scripts
+from core.connect import RedisClient
 from core.keys import Keys
 
 
@@ -59,12 +58,12 @@ class PriorRequest:
 class IdempotentRequests:
     """Claims keys, records what became of the requests, and reads it back."""
 
-    def __init__(self, redis: Redis, keys: Keys, retention_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, retention_s: int) -> None:
         self.redis = redis
         self.keys = keys
         self.retention_s = retention_s
-        self._claim = redis.register_script(scripts.CLAIM_IDEMPOTENCY_KEY)
-        self._update_script = redis.register_script(scripts.UPDATE_IDEMPOTENCY_KEY)
+        self._claim = scripts.register(redis, scripts.CLAIM_IDEMPOTENCY_KEY)
+        self._update_script = scripts.register(redis, scripts.UPDATE_IDEMPOTENCY_KEY)
 
     def key(self, scope: str, key: str) -> IdempotencyKey:
         """`scope` names the requester (see `GrantScope.key_part`)."""

@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from core.connect import RedisClient
 from core.keys import Keys
 
 
@@ -26,7 +26,7 @@ class Job:
 class JobQueue:
     """Appends, reads and acknowledges tool jobs."""
 
-    def __init__(self, redis: Redis, keys: Keys, maxlen: int = 100_000) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, maxlen: int = 100_000) -> None:
         self.redis = redis
         self.keys = keys
         self.maxlen = maxlen

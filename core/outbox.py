@@ -31,13 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from core import scripts
 from core.audit import AuditEntry, AuditLog
+from core.connect import RedisClient, RedisPipeline
 from core.keys import Keys
 from core.records import ApprovalSession
 
@@ -63,7 +62,7 @@ def event_id(session_id: str, entry_id: str) -> str:
 class Outbox:
     """Writes to the session outboxes, and relays them."""
 
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     audit: AuditLog
     retention_s: int
@@ -75,7 +74,7 @@ class Outbox:
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
-        self._forget = self.redis.register_script(scripts.FORGET_IF_UNCHANGED)
+        self._forget = scripts.register(self.redis, scripts.FORGET_IF_UNCHANGED)
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -85,7 +84,7 @@ class Outbox:
 
     def add_to(
         self,
-        pipe: Pipeline,
+        pipe: RedisPipeline,
         session_id: str,
         entries: Iterable[AuditEntry] = (),
         hooks: Iterable[tuple[str, Mapping[str, Any]]] = (),

@@ -1,4 +1,4 @@
-"""A held request's event log in Redis, and the lease that says which replica writes it.
+"""A held request's event log in RedisClient, and the lease that says which replica writes it.
 
 From its first approval notice on, a streamed request is a *run*: one replica (the lease
 holder) drives its continuation and appends its events, in batches, to a bounded Redis
@@ -8,15 +8,22 @@ fenced: a replica whose lease lapsed (and was taken over) can no longer write.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
+from redis.crc import key_slot
 
 from core import scripts
+from core.connect import RedisClient
 from core.keys import Keys
+
+CLUSTER_RENEWALS = 16
+"""Renewal calls in flight at once on a Redis Cluster (whose pools do not queue)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,11 +44,11 @@ class RunLog:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         retention_s: int,
         maxlen: int = 10_000,
-        background: Redis | None = None,
+        background: RedisClient | None = None,
     ) -> None:
         self.redis = redis
         self.background = background or redis
@@ -49,10 +56,10 @@ class RunLog:
         self.keys = keys
         self.retention_s = retention_s
         self.maxlen = maxlen
-        self._acquire = redis.register_script(scripts.ACQUIRE_LEASE)
-        self._release = redis.register_script(scripts.RELEASE_LEASE)
-        self._append = redis.register_script(scripts.APPEND_EVENTS)
-        self._renew = self.background.register_script(scripts.RENEW_LEASES)
+        self._acquire = scripts.register(redis, scripts.ACQUIRE_LEASE)
+        self._release = scripts.register(redis, scripts.RELEASE_LEASE)
+        self._append = scripts.register(redis, scripts.APPEND_EVENTS)
+        self._renew = scripts.register(self.background, scripts.RENEW_LEASES)
 
     async def acquire(self, log_id: str, owner: str, lease_ms: int) -> Lease | None:
         """A new lease, or None while another owner's lease is live.
@@ -70,16 +77,33 @@ class RunLog:
         self, leases: Sequence[Lease], lease_ms: int, slice_size: int = 500
     ) -> list[bool]:
         """Extend leases, one script call per `slice_size` of them (the event loop runs
-        between slices); False for each that lapsed and is not ours any more."""
-        renewed: list[bool] = []
-        for start in range(0, len(leases), slice_size):
-            batch = leases[start : start + slice_size]
-            flags = await self._renew(
-                keys=[self.keys.lease(lease.log_id) for lease in batch],
-                args=[lease_ms, *(lease.value for lease in batch)],
-            )
-            renewed += [bool(flag) for flag in flags]
+        between slices); False for each that lapsed and is not ours any more. On a Redis
+        Cluster one script may touch one slot only: one call per slot's leases, at most
+        `CLUSTER_RENEWALS` at a time."""
+        if not isinstance(self.background, RedisCluster):
+            batches = [leases[i : i + slice_size] for i in range(0, len(leases), slice_size)]
+            return [flag for batch in batches for flag in await self._renew_batch(batch, lease_ms)]
+        by_slot: dict[int, list[int]] = defaultdict(list)
+        for index, lease in enumerate(leases):
+            by_slot[key_slot(self.keys.lease(lease.log_id).encode())].append(index)
+        renewed = [False] * len(leases)
+        slots = asyncio.Semaphore(CLUSTER_RENEWALS)
+
+        async def renew(indexes: list[int]) -> None:
+            async with slots:
+                flags = await self._renew_batch([leases[i] for i in indexes], lease_ms)
+            for index, flag in zip(indexes, flags, strict=True):
+                renewed[index] = flag
+
+        await asyncio.gather(*(renew(indexes) for indexes in by_slot.values()))
         return renewed
+
+    async def _renew_batch(self, batch: Sequence[Lease], lease_ms: int) -> list[bool]:
+        flags = await self._renew(
+            keys=[self.keys.lease(lease.log_id) for lease in batch],
+            args=[lease_ms, *(lease.value for lease in batch)],
+        )
+        return [bool(flag) for flag in flags]
 
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.log_id)], args=[lease.owner, lease.token])

@@ -8,6 +8,24 @@ each (KEYS / ARGV / return) is commented above it.
 
 from __future__ import annotations
 
+from redis.asyncio import RedisCluster
+from redis.commands.core import AsyncScript
+
+from core.connect import RedisClient
+
+_PUBLISH = "redis.call('PUBLISH', "
+"""The one way a script publishes; on a Redis Cluster it becomes a sharded publish."""
+
+
+def register(redis: RedisClient, source: str) -> AsyncScript:
+    """Register a script. On a Redis Cluster its wake-ups go over sharded pub/sub: each
+    script publishes only on a channel with the hash tag of its `KEYS[1]`, so `SPUBLISH`
+    reaches the master that holds the session, where its holders subscribe."""
+    if isinstance(redis, RedisCluster):
+        source = source.replace(_PUBLISH, "redis.call('SPUBLISH', ")
+    return redis.register_script(source)
+
+
 # Shared helpers, prepended to every script that needs them.
 _HELPERS = """
 local function now_s()

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
-from redis.asyncio import Redis
 
 from core import scripts
 from core.audit import AuditEntry, AuditLog
+from core.connect import RedisClient
 from core.errors import (
     DecisionConflict,
     HashMismatch,
@@ -61,7 +61,7 @@ class SessionStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         retention_s: int,
         audit: AuditLog | None = None,
@@ -77,13 +77,13 @@ class SessionStore:
         the same write (without one, a new session's entries go to the audit log directly)."""
         self.hooks = hooks
         """The webhook event types some receiver subscribed to."""
-        self._decide_calls = redis.register_script(scripts.DECIDE_CALLS)
-        self._expire = redis.register_script(scripts.EXPIRE_IF_OVERDUE)
-        self._begin_run = redis.register_script(scripts.BEGIN_RUN)
-        self._transition = redis.register_script(scripts.TRANSITION)
-        self._start_call = redis.register_script(scripts.START_CALL)
-        self._finish_call = redis.register_script(scripts.FINISH_CALL)
-        self._reserve_pending = redis.register_script(scripts.RESERVE_PENDING)
+        self._decide_calls = scripts.register(redis, scripts.DECIDE_CALLS)
+        self._expire = scripts.register(redis, scripts.EXPIRE_IF_OVERDUE)
+        self._begin_run = scripts.register(redis, scripts.BEGIN_RUN)
+        self._transition = scripts.register(redis, scripts.TRANSITION)
+        self._start_call = scripts.register(redis, scripts.START_CALL)
+        self._finish_call = scripts.register(redis, scripts.FINISH_CALL)
+        self._reserve_pending = scripts.register(redis, scripts.RESERVE_PENDING)
 
     async def create(
         self,

@@ -13,8 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -25,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.audit import AuditLog
-from core.connect import connect
+from core.connect import UNAVAILABLE_ERRORS, connect
 from core.errors import (
     GatewayError,
     InvalidRequest,
@@ -40,7 +38,7 @@ from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.keys import Keys
 from core.outbox import Outbox
-from core.runlog import RunLog
+from core.runlog import CLUSTER_RENEWALS, RunLog
 from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox
@@ -93,8 +91,10 @@ def create_app(settings: Settings) -> Starlette:
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
         # Lease renewals and status polls keep streams alive: their own small pool, so a
-        # burst of requests queueing on the main one cannot make a lease lapse.
-        background = connect(settings, f"gateway:{runner_id}:bg", max_connections=4)
+        # burst of requests queueing on the main one cannot make a lease lapse. (A cluster's
+        # pools do not queue: room for every renewal call in flight, per node.)
+        small = CLUSTER_RENEWALS + 4 if settings.redis_cluster else 4
+        background = connect(settings, f"gateway:{runner_id}:bg", max_connections=small)
         poller = StatusPoller(background, keys, settings.reread_interval_s)
         polling = asyncio.create_task(poller.run_forever(), name="status-poller")
         webhooks = WebhookSender(settings.webhooks, settings.webhook_max_attempts)
@@ -179,9 +179,8 @@ def create_app(settings: Settings) -> Starlette:
     ]
     exception_handlers = {
         GatewayError: _gateway_error,
-        RedisConnectionError: _redis_error,
-        RedisTimeoutError: _redis_error,
         HTTPException: _http_error,
+        **dict.fromkeys(UNAVAILABLE_ERRORS, _redis_error),
     }
     # Open mode serves loopback hosts only (DNS rebinding); `allowed_hosts` narrows any mode.
     guard = Middleware(HostGuard, allowed=settings.allowed_hosts, respond=error_response)

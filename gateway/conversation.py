@@ -18,10 +18,8 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from core.audit import AuditLog
+from core.connect import UNAVAILABLE_ERRORS
 from core.errors import DecisionConflict, RedisUnavailable, UpstreamError
 from core.grants import ConversationIds, ConversationTaint, Grants, GrantScope
 from core.handoffs import Handoffs
@@ -393,7 +391,7 @@ def _redis_trouble_tolerated() -> Iterator[None]:
     # deadline, and the state it waits for is still in Redis (AOF) when Redis is back.
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError) as error:
+    except UNAVAILABLE_ERRORS as error:
         log.warning("redis unreachable while holding a stream: %s", error)
     # redis-py can turn a cancellation that lands mid-command into a connection error
     # (it closes the connection on the way out); a cancelled holder must still stop.

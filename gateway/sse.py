@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from core.connect import UNAVAILABLE_ERRORS
 from core.errors import GatewayError, Overloaded, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ def as_gateway_error(error: Exception) -> GatewayError:
     """An error that ended a stream, as the gateway error its client is shown."""
     if isinstance(error, GatewayError):
         return error
-    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+    if isinstance(error, UNAVAILABLE_ERRORS):
         return RedisUnavailable(f"redis is unavailable: {error}")
     log.error("a stream failed on an unexpected error", exc_info=error)
     return GatewayError(f"the gateway failed ({type(error).__name__}); the details are in its log")

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.clients import decide
 from tests.conftest import StackFactory
@@ -16,6 +17,7 @@ from tests.receivers import (
     Receiver,
     receiver_fixture,  # noqa: F401 - the `receiver` fixture
 )
+from tests.redis_cluster import redis_cluster_fixture  # noqa: F401 - the `redis_cluster` fixture
 from tests.test_reattach import hold, reattach, text_of
 
 
@@ -27,13 +29,15 @@ def _wait_for(what: str, check: Any, timeout: float = 30) -> Any:
     return found
 
 
+@pytest.mark.parametrize("store", ["redis", pytest.param("cluster", marks=pytest.mark.cluster)])
 def test_orphaned_run_completes_and_its_webhooks_arrive_once_a_replica_is_up(
-    make_stack: StackFactory, receiver: Receiver
+    make_stack: StackFactory, receiver: Receiver, request: pytest.FixtureRequest, store: str
 ) -> None:
     # The receiver is down (503) while the first replica holds the events in memory.
     receiver.answer("/hook", *[503] * 1000)
     target = {"url": f"{receiver.url}/hook", "secret": SECRET.decode()}
-    stack = make_stack(replicas=2, lease_s="1", webhooks=json.dumps([target]))
+    cluster = request.getfixturevalue("redis_cluster") if store == "cluster" else None
+    stack = make_stack(replicas=2, lease_s="1", webhooks=json.dumps([target]), redis=cluster)
     doomed, survivor = stack.replicas
     session_id, notice_id = hold(doomed.url, "getStringLength of 'orphan'")  # the client leaves
     _wait_for("a failed delivery of approval.requested", lambda: receiver.at("/hook"))

@@ -12,6 +12,7 @@ import redis
 
 from tests.clients import decide, sse_data, user
 from tests.conftest import Replica, Stack, StackFactory
+from tests.processes import RedisServer
 
 
 def read_events(lines: Iterable[str], until_approval: bool = False) -> list[tuple[str, Any]]:
@@ -105,6 +106,7 @@ def test_reattach_on_another_replica_follows_the_live_run(make_stack: StackFacto
 def test_client_disconnect_while_pending_leaks_no_connection(make_stack: StackFactory) -> None:
     stack = make_stack()
     replica = stack.replicas[0]
+    assert isinstance(stack.redis, RedisServer)
     client = stack.redis.client()
     hold(replica.url, "getStringLength of 'warm up'")  # the pool reaches its working size
     baseline = _connections(client, replica)

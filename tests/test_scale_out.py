@@ -144,6 +144,7 @@ def test_worker_killed_mid_tool_never_reruns_what_is_not_idempotent(
         time.sleep(0.02)
     running = httpx.get(f"{replica.url}/v1/approvals/{session_id}").json()["tool_calls"][0]
     assert running["status"] == "running"
+    assert isinstance(stack.redis, RedisServer)
     [victim] = [w for w in stack.workers if w.pid == _worker_pid(stack.redis, stack.prefix)]
     victim.kill()
 

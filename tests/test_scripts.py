@@ -25,3 +25,11 @@ def test_every_script_is_checked() -> None:
     assert {"DECIDE_CALLS", "BEGIN_RUN", "RESERVE_PENDING", "UPDATE_IDEMPOTENCY_KEY"} <= set(
         SCRIPTS
     )
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_the_script_publishes_only_in_the_form_a_cluster_rewrites(name: str) -> None:
+    """`scripts.register` turns `redis.call('PUBLISH', ` into a sharded publish on a Redis
+    Cluster; a publish written any other way would stay unsharded and reach nobody."""
+    source = SCRIPTS[name]
+    assert source.count("PUBLISH") == source.count("redis.call('PUBLISH', ")

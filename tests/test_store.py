@@ -133,7 +133,7 @@ async def test_a_decision_wakes_a_subscriber(store: SessionStore) -> None:
     await store.decide_all(session_id, "approve", "", "alice")
     message = await pubsub.get_message(timeout=2, ignore_subscribe_messages=True)
     assert message is not None and message["data"] == "decided"
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
 
 
 def test_argument_hash_is_canonical() -> None:

@@ -23,6 +23,7 @@ import pytest
 from tests.clients import decide, user
 from tests.conftest import Replica, Stack, StackFactory
 from tests.hostile import HostileUpstream, call, turn
+from tests.redis_cluster import redis_cluster_fixture  # noqa: F401 - the `redis_cluster` fixture
 from tests.test_reattach import read_events, reattach
 
 TAKEOVERS = 20
@@ -160,13 +161,23 @@ def _round(stack: Stack, hostile: HostileUpstream, ledger: Path, rng: random.Ran
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    "store", ["redis", pytest.param("cluster", marks=[pytest.mark.cluster, pytest.mark.soak])]
+)
 def test_replica_killed_at_random_points_twenty_times(
-    make_stack: StackFactory, hostile_upstream: HostileUpstream, tmp_path: Path
+    make_stack: StackFactory,
+    hostile_upstream: HostileUpstream,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    store: str,
 ) -> None:
     seed = random.randrange(2**32)
     print(f"seed {seed}")
     rng = random.Random(seed)
-    stack = make_stack(replicas=3, workers=2, upstream=hostile_upstream.url, lease_s="1")
+    cluster = request.getfixturevalue("redis_cluster") if store == "cluster" else None
+    stack = make_stack(
+        replicas=3, workers=2, upstream=hostile_upstream.url, lease_s="1", redis=cluster
+    )
     ledger = tmp_path / "ledger.txt"
     takeovers = rounds = 0
     while takeovers < TAKEOVERS:

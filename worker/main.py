@@ -14,12 +14,11 @@ import os
 import signal
 import socket
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.arguments import ArgumentError
 from core.audit import AuditEntry, AuditLog
-from core.connect import connect
+from core.connect import RedisClient, connect
 from core.jobs import Job, JobQueue
 from core.keys import Keys
 from core.records import ToolResult, arguments_sha256
@@ -34,7 +33,7 @@ log = logging.getLogger(__name__)
 class Worker:
     """One consumer of the job group, running up to `concurrency` calls at once."""
 
-    def __init__(self, settings: Settings, redis: Redis, toolbox: ToolBox) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient, toolbox: ToolBox) -> None:
         keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
         self.settings = settings.worker
         self.name = settings.worker.name or f"{socket.gethostname()}-{os.getpid()}"
