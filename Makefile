@@ -5,8 +5,8 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps js-deps run cluster test lint pytest compose-config format clean bench \
-        compat compat-deps
+.PHONY: install system-deps js-deps run cluster test test-cluster lint pytest compose-config format clean bench \
+        compat compat-deps load
 
 install: system-deps $(STAMP)
 
@@ -56,6 +56,10 @@ cluster: install
 ## test: lint, type-check, validate docker-compose.yml, then the test suite on real processes
 test: install lint compose-config pytest
 
+## test-cluster: every test on a local Redis Cluster (failovers, the 20-kill loop included)
+test-cluster: install
+	$(PY) -m pytest -m cluster
+
 ## bench: every benchmark (P1-P5) on real processes, then the plots; see BENCHMARKS.md
 bench: install
 	$(PY) -m bench.relay
@@ -64,6 +68,10 @@ bench: install
 	$(PY) -m bench.held
 	$(PY) -m bench.decisions
 	$(PY) -m bench.plots
+
+## load: 10,000 held streams through nginx, 3 replicas, workers, Redis (docs/deployment.md)
+load: install
+	$(PY) -m bench.held_nginx
 
 # llama.cpp's server and the SmolLM2 GGUF live in their own virtualenv. llama-cpp-python
 # compiles llama.cpp (about 9 minutes on two cores); GGML_NATIVE=OFF keeps the build portable.

@@ -8,8 +8,10 @@ One `redis-server` (AOF, noeviction), the offline model, 3 gateway replicas,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -20,25 +22,70 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf"
+_TEMPLATE_SERVER = re.compile(r"(?m)^        server gateway-\d+:8000([^;]*);\n")
+"""A replica in deploy/nginx.conf; group 1 is its parameters (max_fails...)."""
+NOFILE = 65536
+"""The open-file limit the cluster asks for: `worker_rlimit_nofile` of deploy/nginx.conf, and
+room for a replica's share of 10,000 held streams."""
+NOFILE_RESERVE = 512
+"""Descriptors an nginx worker keeps beyond its connections: logs, listeners, temp files."""
 
 
-def render_nginx_conf(listen_port: int, upstream_ports: list[int], workdir: Path) -> str:
-    """`deploy/nginx.conf` with local upstreams and paths an unprivileged nginx can write."""
+def raise_nofile_limit(wanted: int = NOFILE) -> int:
+    """Raise this process's open-file limit (children inherit it) to `wanted`, or as far as
+    allowed: the hard limit rises only with CAP_SYS_RESOURCE. The soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def render_nginx_conf(
+    listen_port: int, upstream_ports: list[int], workdir: Path, nofile: int | None = None
+) -> str:
+    """`deploy/nginx.conf` with local upstreams and paths an unprivileged nginx can write.
+
+    Its descriptor limits are lowered to `nofile` (this process's soft limit unless given,
+    which nginx inherits) where that is below what the file asks for."""
     conf = TEMPLATE.read_text()
-    servers = "".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n" for port in upstream_ports
-    )
-    conf = re.sub(r"(?m)^        server gateway-\d+:8000[^\n]*\n", "", conf)
-    conf = conf.replace("    upstream gateway {\n", "    upstream gateway {\n" + servers)
-    conf = conf.replace("listen 8000;", f"listen 127.0.0.1:{listen_port};")
+    first = _TEMPLATE_SERVER.search(conf)
+    assert first is not None, "deploy/nginx.conf names no gateway-N:8000 server"
+    servers = "".join(f"        server 127.0.0.1:{port}{first[1]};\n" for port in upstream_ports)
+    conf = conf[: first.start()] + servers + _TEMPLATE_SERVER.sub("", conf[first.start() :])
+    conf = conf.replace("listen 8000 ", f"listen 127.0.0.1:{listen_port} ")
+    conf = _fit_descriptors(conf, nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0])
     temp = "\n".join(
         f"    {kind}_temp_path {workdir}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     conf = conf.replace("http {\n", f"http {{\n    access_log off;\n{temp}\n", 1)
-    return (
-        f"pid {workdir}/nginx.pid;\nerror_log {workdir}/nginx-error.log warn;\ndaemon off;\n" + conf
-    )
+    head = f"pid {workdir}/nginx.pid;\nerror_log {workdir}/nginx-error.log warn;\ndaemon off;\n"
+    if os.geteuid() == 0:
+        # Started as root (CI): workers stay root, or they could not write their temp paths
+        # in `workdir` when a parent is private (pytest's tmp is 0700).
+        head += "user root;\n"
+    return head + conf
+
+
+def _fit_descriptors(conf: str, nofile: int) -> str:
+    """Lower `worker_rlimit_nofile` to `nofile`, and `worker_connections` to fit under it."""
+    limit = int(_directive(conf, "worker_rlimit_nofile"))
+    if nofile >= limit:
+        return conf
+    connections = min(int(_directive(conf, "worker_connections")), nofile - NOFILE_RESERVE)
+    conf = re.sub(r"worker_rlimit_nofile \d+;", f"worker_rlimit_nofile {nofile};", conf)
+    return re.sub(r"worker_connections \d+;", f"worker_connections {connections};", conf)
+
+
+def _directive(conf: str, name: str) -> str:
+    found = re.search(rf"(?m)^\s*{name} (\S+);", conf)
+    assert found is not None, f"deploy/nginx.conf has no {name}"
+    return found[1]
 
 
 def _wait(url: str, timeout: float = 30) -> None:
@@ -64,6 +111,7 @@ def main() -> None:
     parser.add_argument("--offline-port", type=int, default=8002)
     args = parser.parse_args()
 
+    raise_nofile_limit()
     workdir = ROOT / ".run" / "cluster"
     (workdir / "redis").mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent

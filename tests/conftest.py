@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.cluster import render_nginx_conf
+from deploy.cluster import raise_nofile_limit, render_nginx_conf
 from tests.hostile import HostileUpstream
 from tests.mediation import policy_file
 from tests.processes import (
@@ -23,10 +23,18 @@ from tests.processes import (
     python_module,
     wait_http,
 )
+from tests.redis_cluster import RedisCluster
 from tests.tools import MEDIATION_POLICY
 
 TEST_POLICY = '{"lookupCapital": "auto", "forbiddenTool": "deny", "explode": "ask"}'
 _prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nofile_limit() -> int:
+    """The open-file limit every process the tests start inherits, raised as far as allowed
+    (nginx and replicas behind it hold two and one descriptors per stream)."""
+    return raise_nofile_limit()
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +90,8 @@ def hostile_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosti
 class Stack:
     """Gateway replicas and workers sharing one Redis and one key prefix."""
 
-    redis: RedisServer
+    redis: RedisServer | RedisCluster
+    """One redis-server, or a cluster of them (then the stack runs with GATEWAY_REDIS_CLUSTER)."""
     upstream: str
     log_dir: Path
     prefix: str
@@ -182,12 +191,14 @@ def make_stack(
     def build(
         replicas: int = 1,
         workers: int = 1,
-        redis: RedisServer | None = None,
+        redis: RedisServer | RedisCluster | None = None,
         upstream: str | None = None,
         **settings: str,
     ) -> Stack:
-        overrides = {f"GATEWAY_{name.upper()}": value for name, value in settings.items()}
         server = redis or redis_server
+        if isinstance(server, RedisCluster):
+            settings.setdefault("redis_cluster", "1")
+        overrides = {f"GATEWAY_{name.upper()}": value for name, value in settings.items()}
         model = upstream or offline_model
         stack = Stack(server, model, tmp_path, f"t{next(_prefixes)}", overrides)
         stacks.append(stack)

@@ -1,0 +1,466 @@
+"""Held streams through the load balancer: 10,000 chats paused on approval behind nginx.
+
+The shipped topology on loopback: a real redis-server, the offline model, 3 gateway
+replicas, workers, and nginx with deploy/nginx.conf rendered for local ports (its
+descriptor limits lowered to what this machine allows, see `deploy.cluster`). One client
+process (raw asyncio on uvloop, reading SSE line by line: the gateway's heartbeat is a lone
+comment line, which `bench.common.SSEStream` only sees with the next event) opens
+`--streams` streamed chats through nginx, at most `--rate` a second and `--in-flight` at a
+time; each one's tool call (getStringLength) is `ask`, so each stream holds with its
+approval notice. The replicas have room for all of them (`HOLDING`, and every stream is the
+one open-mode tenant's).
+
+Once every stream shows its notice, they are held `--hold` s (longer than the 15 s
+heartbeat, which must come through nginx unbuffered), and the cost is read from /proc:
+established connections on nginx's and each replica's port, open descriptors and RSS of
+every process (nginx's workers, each replica, ...). Then every pending approval is listed
+and decided through nginx: the approvals API lists at most 1000 pending sessions a call
+and has no cursor, so it is listed and decided a page at a time until it lists none; the
+pages add up to the count of pending approvals it saw. Finally every stream must end with
+`data: [DONE]` (a worker runs the tool, the replica asks the model again).
+
+    python -m bench.held_nginx [--streams 10000] [--rate 400] [--in-flight 200] [--hold 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.common import (
+    HOLDING,
+    Topology,
+    chat_body,
+    command_line,
+    main_guard,
+    port_of,
+    rss_bytes,
+    save,
+    table,
+)
+from bench.held import PROMPT, decide_all
+from deploy.cluster import raise_nofile_limit
+from tests.processes import Process
+
+BODY = orjson.dumps(chat_body(PROMPT))
+REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: HOST\r\nAccept: text/event-stream\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+)
+HEARTBEAT = b": heartbeat"
+ROOM = {"max_pending_sessions_per_tenant": 100_000}
+"""Every stream is the one open-mode tenant's: room for all of them (on top of `HOLDING`)."""
+PAGE = 1000
+"""The most pending sessions `GET /v1/approvals` lists in one call."""
+MIB = 1 << 20
+
+
+@dataclass
+class Cluster:
+    """The processes behind one nginx, by role."""
+
+    url: str
+    nginx: Process
+    replicas: list[tuple[str, Process]]
+    others: list[Process]
+    """Redis, the offline model and the workers."""
+
+    def processes(self) -> list[tuple[str, int]]:
+        """(role, pid) of every process: nginx's master and workers, replicas, the rest."""
+        rows = [("nginx master", self.nginx.pid)]
+        rows += [(f"nginx worker {i + 1}", pid) for i, pid in enumerate(children(self.nginx.pid))]
+        rows += [(f"replica {i + 1}", process.pid) for i, (_, process) in enumerate(self.replicas)]
+        rows += [(process.name, process.pid) for process in self.others]
+        return [*rows, ("client (this)", os.getpid())]
+
+
+def start_cluster(topology: Topology, args: argparse.Namespace) -> Cluster:
+    redis = topology.start_redis()
+    topology.start_model()
+    others = [redis.process, topology.processes[-1]]  # the model, just started
+    others += [
+        topology.start_worker(concurrency=args.worker_concurrency) for _ in range(args.workers)
+    ]
+    replicas = [topology.start_gateway(**HOLDING, **ROOM) for _ in range(3)]
+    url = topology.start_nginx([port_of(replica_url) for replica_url, _ in replicas])
+    return Cluster(url, topology.processes[-1], replicas, others)  # nginx's master, just started
+
+
+# ---------------------------------------------------------------------------------------
+# What the kernel says about each process.
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (nginx's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def descriptor_limit(pid: int) -> int:
+    """The soft `Max open files` of a process."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise ValueError(f"no open-file limit for {pid}")
+
+
+def established(port: int) -> int:
+    """Established TCP connections accepted on `port` (their server ends)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            count += 1
+    return count
+
+
+def snapshot(cluster: Cluster) -> list[dict[str, Any]]:
+    """Descriptors, their limit and RSS of every process."""
+    return [
+        {
+            "process": role,
+            "pid": pid,
+            "fds": descriptors(pid),
+            "fd_limit": descriptor_limit(pid),
+            "rss_mib": rss_bytes(pid) / MIB,
+        }
+        for role, pid in cluster.processes()
+    ]
+
+
+def connections(cluster: Cluster) -> dict[str, int]:
+    """Established connections: clients to nginx, and nginx to each replica."""
+    counts = {"clients -> nginx": established(port_of(cluster.url))}
+    for index, (url, _) in enumerate(cluster.replicas):
+        counts[f"nginx -> replica {index + 1}"] = established(port_of(url))
+    return counts
+
+
+async def held_streams(cluster: Cluster) -> list[int]:
+    """Each replica's own count of held streams (its /readyz, asked directly)."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        answers = [await client.get(f"{url}/readyz") for url, _ in cluster.replicas]
+    return [int(answer.json()["held_streams"]) for answer in answers]
+
+
+# ---------------------------------------------------------------------------------------
+# The client: one connection and one task per stream, reading SSE line by line (a heartbeat
+# is a lone comment line, with no blank line after it).
+
+
+@dataclass(slots=True)
+class HeldStream:
+    """What the client saw on one stream (times from `time.perf_counter`)."""
+
+    held_at: float = 0.0
+    """When the pending approval notice arrived."""
+    session: str = ""
+    beats: list[float] = field(default_factory=list)
+    resumed: bool = False
+    """A `tool_event` arrived after the notice: the decision woke the stream."""
+    done_at: float = 0.0
+    error: str = ""
+    error_at: float = 0.0
+    writer: asyncio.StreamWriter | None = None
+
+    def on_line(self, line: bytes, at: float) -> None:
+        if line == HEARTBEAT:
+            self.beats.append(at)
+        elif not line.startswith(b"data: "):
+            return
+        elif line == b"data: [DONE]":
+            self.done_at = at
+        elif line.startswith(b'data: {"error"'):
+            self.fail(orjson.loads(line[6:])["error"]["message"], at)
+        elif not self.held_at and b'"approval":{' in line:
+            approval = orjson.loads(line[6:])["approval"]
+            self.session, self.held_at = approval["id"], at
+            if approval["status"] != "pending":
+                self.fail(f"approval is {approval['status']}", at)
+        elif b'"tool_event":{' in line:
+            self.resumed = True
+
+    def fail(self, error: str, at: float) -> None:
+        if not self.error:
+            self.error, self.error_at = error, at
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def read_held(url: str, stream: HeldStream, held: asyncio.Event) -> None:
+    """POST one streamed chat and read it to its end; `held` is set at its notice (or end)."""
+    try:
+        await _read(url, stream, held)
+        if not stream.done_at:
+            stream.fail("ended without [DONE]", time.perf_counter())
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+        stream.fail(f"{type(error).__name__}: {error}", time.perf_counter())
+    finally:
+        held.set()
+        if stream.error:
+            stream.close()
+
+
+async def _read(url: str, stream: HeldStream, held: asyncio.Event) -> None:
+    target = httpx.URL(url)
+    reader, stream.writer = await asyncio.open_connection(target.host, target.port)
+    stream.writer.write(REQUEST.replace(b"HOST", target.host.encode()))
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
+        stream.fail(head.split(b"\r\n", 1)[0].decode(), time.perf_counter())
+        return
+    partial = b""
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        *lines, partial = (partial + (await reader.readexactly(size + 2))[:-2]).split(b"\n")
+        at = time.perf_counter()
+        for line in lines:
+            stream.on_line(line, at)
+        if stream.held_at or stream.error:
+            held.set()
+
+
+@dataclass
+class Opened:
+    streams: list[HeldStream]
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+    open_s: float = 0.0
+
+    @property
+    def held(self) -> int:
+        return sum(1 for s in self.streams if s.held_at and not s.error)
+
+    def errors(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for stream in self.streams:
+            if stream.error or not stream.held_at:
+                reason = stream.error or "no approval notice"
+                counts[reason] = counts.get(reason, 0) + 1
+        return counts
+
+
+async def open_streams(url: str, args: argparse.Namespace) -> Opened:
+    """Open `--streams` streams, `--rate` a second at most and `--in-flight` at a time;
+    return once each shows its approval notice (or failed)."""
+    opened = Opened([HeldStream() for _ in range(args.streams)])
+    in_flight = asyncio.Semaphore(args.in_flight)
+
+    async def open_one(stream: HeldStream) -> None:
+        async with in_flight:
+            held = asyncio.Event()
+            opened.readers.append(asyncio.create_task(read_held(url, stream, held)))
+            await held.wait()
+
+    started = time.perf_counter()
+    openers = []
+    for index, stream in enumerate(opened.streams):
+        await asyncio.sleep(max(0.0, started + index / args.rate - time.perf_counter()))
+        openers.append(asyncio.create_task(open_one(stream)))
+        if (index + 1) % 1000 == 0:
+            print(f"  {index + 1} opening, {opened.held} held", flush=True)
+    await asyncio.gather(*openers)
+    opened.open_s = time.perf_counter() - started
+    print(f"  {opened.held} of {args.streams} held after {opened.open_s:.1f} s", flush=True)
+    return opened
+
+
+@dataclass
+class Decisions:
+    listed: list[int] = field(default_factory=list)
+    """How many pending sessions each `GET /v1/approvals` call listed."""
+    statuses: dict[int, int] = field(default_factory=dict)
+    list_s: float = 0.0
+    """Of `decide_s`, the time spent listing."""
+    decide_s: float = 0.0
+    last_answered: float = 0.0
+
+
+async def decide_pages(url: str, args: argparse.Namespace) -> Decisions:
+    """List pending approvals through nginx and approve each page, until none is listed."""
+    decisions = Decisions()
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        for _ in range(args.streams // PAGE + 5):
+            listing = time.perf_counter()
+            answer = await client.get("/v1/approvals", params={"limit": PAGE})
+            decisions.list_s += time.perf_counter() - listing
+            answer.raise_for_status()
+            sessions = [session["id"] for session in answer.json()["data"]]
+            decisions.listed.append(len(sessions))
+            if not sessions:
+                break
+            decided = await decide_all(url, sessions, args.decision_concurrency)
+            for status, count in decided.statuses.items():
+                decisions.statuses[status] = decisions.statuses.get(status, 0) + count
+    decisions.last_answered = time.perf_counter()
+    decisions.decide_s = decisions.last_answered - started
+    return decisions
+
+
+async def drain(opened: Opened, since: float, within_s: float) -> dict[str, Any]:
+    """Wait for every stream to end; how many ended with [DONE], and when the last did."""
+    _, unfinished = await asyncio.wait(opened.readers, timeout=within_s)
+    for task in unfinished:
+        task.cancel()
+    done = [s for s in opened.streams if s.done_at and not s.error]
+    last = max((s.done_at for s in done), default=since)
+    for stream in opened.streams:
+        stream.close()
+    return {
+        "done": len(done),
+        "resumed": sum(1 for s in opened.streams if s.resumed),
+        "unfinished": len(unfinished),
+        "drain_s": last - since,
+        "errors": opened.errors(),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def print_processes(title: str, rows: list[dict[str, Any]]) -> None:
+    table(
+        title,
+        ["process", "pid", "fds", "fd limit", "RSS MiB"],
+        [[r["process"], r["pid"], r["fds"], r["fd_limit"], r["rss_mib"]] for r in rows],
+    )
+
+
+def print_connections(title: str, counts: dict[str, int]) -> None:
+    table(title, ["connections", "established"], list(counts.items()))
+
+
+async def hold(cluster: Cluster, opened: Opened, args: argparse.Namespace) -> dict[str, Any]:
+    """Hold every stream `--hold` s; what it costs, read at the end of the hold."""
+    started = time.perf_counter()
+    await asyncio.sleep(args.hold)
+    beaten = sum(1 for s in opened.streams if any(beat >= started for beat in s.beats))
+    held: dict[str, Any] = {
+        "connections": connections(cluster),
+        "processes": snapshot(cluster),
+        "replica_held_streams": await held_streams(cluster),
+        "streams_with_a_heartbeat_in_hold": beaten,
+        "failed_while_held": sum(1 for s in opened.streams if s.error and s.error_at >= started),
+    }
+    print_connections(f"while {opened.held} streams are held", held["connections"])
+    print_processes(f"processes while {opened.held} streams are held", held["processes"])
+    print(f"  held streams by replica (/readyz): {held['replica_held_streams']}", flush=True)
+    print(f"  streams with a heartbeat in the last {args.hold:g} s: {beaten}", flush=True)
+    return held
+
+
+async def run(topology: Topology, args: argparse.Namespace) -> dict[str, Any]:
+    cluster = start_cluster(topology, args)
+    print(f"- nginx {cluster.url} in front of {[u for u, _ in cluster.replicas]}", flush=True)
+    before = snapshot(cluster)
+    print_processes("processes before any stream", before)
+    print(f"- opening {args.streams} streams through nginx", flush=True)
+    opened = await open_streams(cluster.url, args)
+    held = await hold(cluster, opened, args)
+    print("- listing and deciding every pending approval through nginx", flush=True)
+    first_decision = time.perf_counter()
+    decisions = await decide_pages(cluster.url, args)
+    print(f"  listed {decisions.listed}: {sum(decisions.listed)} pending", flush=True)
+    print(
+        f"  listed and decided in {decisions.decide_s:.1f} s ({decisions.list_s:.1f} s of it"
+        f" listing): {decisions.statuses}",
+        flush=True,
+    )
+    drained = await drain(opened, first_decision, args.drain_timeout)
+    drained["after_last_decision_s"] = first_decision + drained["drain_s"] - decisions.last_answered
+    print(
+        f"  {drained['done']} of {args.streams} ended with [DONE], the last"
+        f" {drained['drain_s']:.1f} s after the first decision; errors {drained['errors']}",
+        flush=True,
+    )
+    await asyncio.sleep(1)
+    after: dict[str, Any] = {"connections": connections(cluster), "processes": snapshot(cluster)}
+    print_connections("after the drain", after["connections"])
+    print_processes("processes after the drain", after["processes"])
+    return {
+        "streams": args.streams,
+        "held": opened.held,
+        "open_s": opened.open_s,
+        "open_errors": opened.errors(),
+        "before": before,
+        "while_held": held,
+        "pending_listed": sum(decisions.listed),
+        "pages": decisions.listed,
+        "decision_statuses": decisions.statuses,
+        "decide_s": decisions.decide_s,
+        "list_s": decisions.list_s,
+        **drained,
+        "after": after,
+    }
+
+
+def summary(result: dict[str, Any]) -> bool:
+    """Print the summary table; whether every stream was held and ended with [DONE]."""
+    streams, held = result["streams"], result["while_held"]
+    workers = [row["fds"] for row in held["processes"] if row["process"].startswith("nginx w")]
+    replicas = [row["fds"] for row in held["processes"] if row["process"].startswith("replica")]
+    rows = [
+        ["streams held (approval notice)", f"{result['held']} of {streams}"],
+        ["time to open s", result["open_s"]],
+        ["held by replica (/readyz)", held["replica_held_streams"]],
+        ["heartbeat through nginx in the hold", held["streams_with_a_heartbeat_in_hold"]],
+        ["fds of nginx workers, replicas", f"{workers}, {replicas}"],
+        ["pending approvals listed via nginx", result["pending_listed"]],
+        ["list and decide all s (listing)", f"{result['decide_s']:.1f} ({result['list_s']:.1f})"],
+        ["first decision -> last [DONE] s", result["drain_s"]],
+        ["last decision -> last [DONE] s", result["after_last_decision_s"]],
+        ["resumed (tool_event), ended [DONE]", f"{result['resumed']}, {result['done']}"],
+        ["errors", result["errors"] or "none"],
+    ]
+    table(f"{streams} held streams through nginx", ["measure", "value"], rows)
+    return bool(result["held"] == result["pending_listed"] == result["done"] == streams)
+
+
+async def main(args: argparse.Namespace) -> None:
+    limit = raise_nofile_limit()
+    print(f"open-file limit for this process and its children: {limit}", flush=True)
+    started = time.perf_counter()
+    with Topology() as topology:
+        result = await run(topology, args)
+    met = summary(result)
+    print(f"took {time.perf_counter() - started:.0f} s", flush=True)
+    save(
+        "held_nginx",
+        {"command": command_line("bench.held_nginx", args), "nofile": limit, "met": met, **result},
+    )
+    if not met:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=400.0, help="most streams opened a second")
+    parser.add_argument("--in-flight", type=int, default=200, help="most opens at a time")
+    parser.add_argument("--hold", type=float, default=20.0, help="s all streams are held")
+    parser.add_argument("--decision-concurrency", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--worker-concurrency", type=int, default=32)
+    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    main_guard(main(parser.parse_args()))
