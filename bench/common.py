@@ -42,6 +42,7 @@ HOLDING = {
     "approval_timeout_s": 3600,
     "max_held_streams": 50_000,
     "max_pending_sessions": 100_000,
+    "max_pending_sessions_per_tenant": 100_000,
 }
 """Replica settings of the benchmarks that hold sessions for approval."""
 
@@ -281,9 +282,18 @@ class SSEStream:
     async def events(self) -> Any:
         """Async iterator of `SSEEvent`s until the body ends."""
         while True:
-            while b"\n\n" in self._buffer:
-                raw, self._buffer = self._buffer.split(b"\n\n", 1)
-                yield _parse(raw, time.perf_counter())
+            while True:
+                if self._buffer.startswith(b":") and b"\n" in self._buffer:
+                    # A heartbeat: a comment line on its own, no blank line after it.
+                    _, self._buffer = self._buffer.split(b"\n", 1)
+                    yield SSEEvent(time.perf_counter(), None)
+                elif self._buffer.startswith(b"\n"):
+                    self._buffer = self._buffer[1:]
+                elif b"\n\n" in self._buffer:
+                    raw, self._buffer = self._buffer.split(b"\n\n", 1)
+                    yield _parse(raw, time.perf_counter())
+                else:
+                    break
             if not await self._more():
                 return
 
