@@ -56,8 +56,6 @@ REQUEST = (
     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 )
 HEARTBEAT = b": heartbeat"
-ROOM = {"max_pending_sessions_per_tenant": 100_000}
-"""Every stream is the one open-mode tenant's: room for all of them (on top of `HOLDING`)."""
 PAGE = 1000
 """The most pending sessions `GET /v1/approvals` lists in one call."""
 MIB = 1 << 20
@@ -89,7 +87,7 @@ def start_cluster(topology: Topology, args: argparse.Namespace) -> Cluster:
     others += [
         topology.start_worker(concurrency=args.worker_concurrency) for _ in range(args.workers)
     ]
-    replicas = [topology.start_gateway(**HOLDING, **ROOM) for _ in range(3)]
+    replicas = [topology.start_gateway(**HOLDING) for _ in range(3)]
     url = topology.start_nginx([port_of(replica_url) for replica_url, _ in replicas])
     return Cluster(url, topology.processes[-1], replicas, others)  # nginx's master, just started
 
