@@ -11,7 +11,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     ClusterDownError,
+    RedisClusterException,
     RedisClusterUnreachableError,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -35,6 +37,10 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     SlotNotCoveredError,  # (not a RedisError) no node serves the key's slot
 )
 """What either client raises when Redis cannot serve a call now (retry later)."""
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+"""Anything a Redis call can raise, on either client (the cluster client's own errors are
+not `RedisError`s): what a loop that must outlive a Redis outage catches."""
 
 
 def connect(

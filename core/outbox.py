@@ -26,17 +26,17 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from redis.asyncio.lock import Lock
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError
 
 from core import scripts
 from core.audit import AuditEntry, AuditLog
-from core.connect import RedisClient, RedisPipeline
+from core.connect import REDIS_ERRORS, RedisClient, RedisPipeline
 from core.keys import Keys
 from core.records import ApprovalSession
 
@@ -78,9 +78,22 @@ class Outbox:
 
     # --- writing ------------------------------------------------------------------------------
 
-    async def expect(self, session_id: str) -> None:
-        """Before a write: look at the session's outbox soon, even if the writer dies."""
-        await self.redis.zadd(self._due(session_id), {session_id: _now_ms() + RETRY_MS})
+    async def expect(self, session_id: str, later_ms: int = RETRY_MS) -> int:
+        """Before a write: look at the session's outbox soon, even if the writer dies. The
+        time of that look (for `forget`)."""
+        due_at = _now_ms() + later_ms
+        await self.redis.zadd(self._due(session_id), {session_id: due_at})
+        return due_at
+
+    async def forget(self, session_id: str, due_at: int) -> None:
+        """The writer left nothing to relay: out of the index, unless indexed again since."""
+        await self._forget(keys=[self._due(session_id)], args=[session_id, due_at])
+
+    def _count(self, pipe: RedisPipeline, session_id: str) -> None:
+        """Queue the lengths of the session's two outbox streams (deleting an entry leaves
+        an empty stream behind: its key exists)."""
+        pipe.xlen(self.keys.outbox_audit(session_id))
+        pipe.xlen(self.keys.outbox_hooks(session_id))
 
     def add_to(
         self,
@@ -89,7 +102,8 @@ class Outbox:
         entries: Iterable[AuditEntry] = (),
         hooks: Iterable[tuple[str, Mapping[str, Any]]] = (),
     ) -> None:
-        """Queue outbox writes on the pipeline (the MULTI) that changes the session."""
+        """Queue outbox writes on the pipeline (the MULTI) that changes the session: first
+        one `XADD` per audit entry (their replies are the entries' ids, for `settle`)."""
         audit_key = self.keys.outbox_audit(session_id)
         hooks_key = self.keys.outbox_hooks(session_id)
         for entry in entries:
@@ -99,12 +113,32 @@ class Outbox:
         for key in (audit_key, hooks_key):
             pipe.expire(key, self.retention_s)
 
+    async def settle(
+        self,
+        session_id: str,
+        entries: Sequence[AuditEntry],
+        entry_ids: Sequence[str],
+        also: Callable[[RedisPipeline], None] | None = None,
+    ) -> None:
+        """After a write, the writer copies its own audit entries to the audit log and
+        deletes them from the outbox, in one round trip (with whatever `also` queues): the
+        relays only finish what a writer that died left. An entry copied twice carries
+        the same `outbox_id` detail."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.audit.add_to(pipe, _relayed(session_id, entries, entry_ids))
+            if entry_ids:
+                pipe.xdel(self.keys.outbox_audit(session_id), *entry_ids)
+            if also is not None:
+                also(pipe)
+            await pipe.execute()
+
     async def written(
         self, session_id: str, views: Mapping[str, ApprovalSession] | None = None
     ) -> None:
-        """After a write: index it again, and tell this process's relay. `views`: the session
-        as its webhook events (by entry id) should show it; an event without one (its writer
-        died before this) shows the session as it is when relayed."""
+        """After a write of webhook events: index the session again, and tell this
+        process's relay. `views`: the session as its webhook events (by entry id) should
+        show it; an event without one (its writer died before this) shows the session as
+        it is when relayed."""
         if views:
             key = self.keys.outbox_views(session_id)
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -135,16 +169,15 @@ class Outbox:
             rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(key, "-", "+")  # type: ignore[assignment]
             if rows:
                 entries = []
-                for entry_id, fields in rows:
+                for _, fields in rows:
                     flat = orjson.loads(fields["e"])
-                    detail = orjson.loads(flat.pop("detail"))
-                    detail["outbox_id"] = f"{session_id}/{entry_id}"
-                    entries.append(AuditEntry(**flat, detail=detail))
-                await self.audit.append(entries)
-                await self.redis.xdel(key, *(entry_id for entry_id, _ in rows))
+                    entries.append(AuditEntry(**flat, detail=orjson.loads(flat.pop("detail"))))
+                ids = [entry_id for entry_id, _ in rows]
+                await self.audit.append(_relayed(session_id, entries, ids))
+                await self.redis.xdel(key, *ids)
             return True
         finally:
-            with contextlib.suppress(LockError, RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await lock.release()
 
     async def relay_hooks(
@@ -152,46 +185,61 @@ class Outbox:
     ) -> bool:
         """Hand the session's webhook events to `deliver` in order, each deleted once every
         target is done with it. False when another relay holds them."""
+        if deliver is None:  # no receivers here (a replica of an older configuration?)
+            return False
         lock = self._lock(session_id, "hooks")
         if not await lock.acquire(blocking=False, token=self._token()):
             return False
-        renewer = asyncio.create_task(_keep(lock, self.lock_ms))
+        keeper = _Keeper(lock, self.lock_ms)
         try:
             key = self.keys.outbox_hooks(session_id)
-            while True:
+            while not keeper.lost:
                 rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
                     key, "-", "+", count=1
                 )
                 if not rows:
                     return True
                 entry_id, fields = rows[0]
-                if deliver is not None:
-                    data = orjson.loads(fields["data"])
-                    if fields["type"] == "approval.decided":
-                        data = {"session": await self._view(session_id, entry_id, view), **data}
-                    await deliver(event_id(session_id, entry_id), fields["type"], data)
+                data = orjson.loads(fields["data"])
+                if fields["type"] == "approval.decided":
+                    data = {"session": await self._view(session_id, entry_id, view), **data}
+                await deliver(event_id(session_id, entry_id), fields["type"], data)
+                if keeper.lost:  # another relay may be sending it too: leave it to that one
+                    break
                 await self.redis.xdel(key, entry_id)
                 await self.redis.hdel(self.keys.outbox_views(session_id), entry_id)
+            log.warning("outbox of %s: the relay lost its lock; another goes on", session_id)
+            return False
         finally:
-            renewer.cancel()
-            with contextlib.suppress(LockError, RedisError, asyncio.CancelledError):
-                await renewer
-            with contextlib.suppress(LockError, RedisError):
+            await keeper.stop()
+            with contextlib.suppress(*REDIS_ERRORS):
                 await lock.release()
 
     async def relay(self, session_id: str, deliver: Deliver | None, view: SessionView) -> bool:
         """Relay the session's outbox: audit entries, then webhook events in order. True when
         it is empty after (and the session left the index)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zscore(self._due(session_id), session_id)
+            self._count(pipe, session_id)
+            score, audit_left, hooks_left = await pipe.execute()
+        if not (audit_left or hooks_left):  # settled: out of the index, unless re-indexed
+            if score is not None:
+                await self._forget(keys=[self._due(session_id)], args=[session_id, score])
+            return True
         # Other relays look again only once this one's locks could have lapsed.
         bumped = _now_ms() + self.lock_ms
         await self.redis.zadd(self._due(session_id), {session_id: bumped})
         audited = await self.relay_audit(session_id, wait_s=0.1)
+        if deliver is None and hooks_left:  # for a replica with receivers: not soon
+            await self.expect(session_id, later_ms=60_000)
+            return False
         if not (await self.relay_hooks(session_id, deliver, view) and audited):
             await self.expect(session_id)  # another relay holds a part: look again soon
             return False
-        keys = self.keys.outbox_audit(session_id), self.keys.outbox_hooks(session_id)
-        if await self.redis.exists(*keys):
-            return False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._count(pipe, session_id)
+            if any(await pipe.execute()):
+                return False
         # Unless a writer indexed it again meanwhile (its new entries would hide).
         await self._forget(keys=[self._due(session_id)], args=[session_id, bumped])
         return True
@@ -226,33 +274,73 @@ class Outbox:
                     return await self.relay(session_id, deliver, view)
                 except Exception as error:  # Redis trouble, or the sender is full: later
                     log.warning("outbox of %s not relayed yet: %s", session_id, error)
-                    with contextlib.suppress(RedisError, OSError):
+                    with contextlib.suppress(*REDIS_ERRORS):
                         await self.expect(session_id)
                     return False
 
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._wake.wait()
+                self._wake.clear()
+                kicked, self._kicked = self._kicked, set()
+                try:
+                    due = await self._due_now()
+                except Exception as error:  # Redis away: what was kicked goes on
+                    log.warning("outbox index unreadable: %s", error)
+                    due = []
+                for session_id in {*kicked, *due}:
+                    if session_id not in running:
+                        task = asyncio.create_task(one(session_id), name=f"outbox-{session_id}")
+                        running[session_id] = task
+                        task.add_done_callback(lambda _, s=session_id: running.pop(s, None))  # type: ignore[misc]
+        finally:  # stopping: what is half-relayed stays in Redis for the next relay
+            for task in list(running.values()):
+                task.cancel()
+            await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+def _relayed(
+    session_id: str, entries: Iterable[AuditEntry], entry_ids: Iterable[str]
+) -> list[AuditEntry]:
+    """The entries as the audit log gets them: each with its outbox id in its detail."""
+    return [
+        replace(entry, detail={**entry.detail, "outbox_id": f"{session_id}/{entry_id}"})
+        for entry, entry_id in zip(entries, entry_ids, strict=True)
+    ]
+
+
+class _Keeper:
+    """Extends a relay's lock while it works (a slow webhook receiver may take minutes),
+    through Redis trouble; `lost` once the lock may be someone else's."""
+
+    def __init__(self, lock: Lock, lock_ms: int) -> None:
+        self.lock = lock
+        self.lock_ms = lock_ms
+        self.lost = False
+        self._task = asyncio.create_task(self._keep(), name="outbox-lock")
+
+    async def _keep(self) -> None:
+        held_until = time.monotonic() + self.lock_ms / 1000
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    await self._wake.wait()
-            self._wake.clear()
-            kicked, self._kicked = self._kicked, set()
+            await asyncio.sleep(self.lock_ms / 3000)
             try:
-                due = await self._due_now()
-            except (RedisError, OSError) as error:
-                log.warning("outbox index unreadable: %s", error)
-                due = []
-            for session_id in {*kicked, *due}:
-                if session_id not in running:
-                    task = asyncio.create_task(one(session_id), name=f"outbox-{session_id}")
-                    running[session_id] = task
-                    task.add_done_callback(lambda _, s=session_id: running.pop(s, None))  # type: ignore[misc]
+                await self.lock.extend(self.lock_ms / 1000, replace_ttl=True)
+                held_until = time.monotonic() + self.lock_ms / 1000
+            except LockError:  # not ours any more
+                self.lost = True
+                return
+            except REDIS_ERRORS as error:
+                log.warning("outbox lock not extended yet: %s", error)
+                if time.monotonic() >= held_until:  # it may have lapsed meanwhile
+                    self.lost = True
+                    return
 
-
-async def _keep(lock: Lock, lock_ms: int) -> None:
-    """Extend the relay's lock while it works (a slow webhook receiver may take minutes)."""
-    while True:
-        await asyncio.sleep(lock_ms / 3000)
-        await lock.extend(lock_ms / 1000, replace_ttl=True)
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 def _now_ms() -> int:

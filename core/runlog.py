@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -61,12 +61,17 @@ class RunLog:
         self._append = scripts.register(redis, scripts.APPEND_EVENTS)
         self._renew = scripts.register(self.background, scripts.RENEW_LEASES)
 
-    async def acquire(self, log_id: str, owner: str, lease_ms: int) -> Lease | None:
+    async def acquire(
+        self, log_id: str, owner: str, lease_ms: int, first: Mapping[str, str] | None = None
+    ) -> Lease | None:
         """A new lease, or None while another owner's lease is live.
 
         The run is put in the index of runs first (`track`), so a run whose replica dies
-        at any point after is found by the sweeper, however far it got."""
-        await self.track(log_id, lease_ms)
+        at any point after is found by the sweeper, however far it got. A new run's
+        `first` meta fields (`seq`: the last id its client got before the run began, and
+        how its chunks look) are written then too, so whoever takes it over, even before
+        its first event is logged, numbers after every id its client got."""
+        await self.track(log_id, lease_ms, first)
         token = await self._acquire(
             keys=[self.keys.lease(log_id), self.keys.fence(log_id)],
             args=[owner, lease_ms, self.retention_s],
@@ -108,10 +113,20 @@ class RunLog:
     async def release(self, lease: Lease) -> None:
         await self._release(keys=[self.keys.lease(lease.log_id)], args=[lease.owner, lease.token])
 
-    async def track(self, log_id: str, after_ms: int) -> None:
-        """Index the run, to be checked in `after_ms` (see `due`)."""
+    async def track(
+        self, log_id: str, after_ms: int, first: Mapping[str, str] | None = None
+    ) -> None:
+        """Index the run, to be checked in `after_ms` (see `due`); with `first`, set those
+        meta fields where they are not set yet."""
         check_at = int(time.time() * 1000) + after_ms
-        await self.redis.zadd(self._index(log_id), {log_id: check_at})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._index(log_id), {log_id: check_at})
+            if first:
+                key = self.keys.run_meta(log_id)
+                for name, value in first.items():
+                    pipe.hsetnx(key, name, value)
+                pipe.expire(key, self.retention_s)
+            await pipe.execute()
 
     async def untrack(self, log_id: str) -> None:
         """The run ended: nobody needs to check on it any more."""
@@ -155,8 +170,8 @@ class RunLog:
         while True:
             entries = await self.read_after(log_id, after, count=self.maxlen)
             for seq, raw in entries:
-                if '"k":"tool"' in raw:
-                    event = orjson.loads(raw)
+                event = orjson.loads(raw)  # every one: a call's arguments may say "k":"tool"
+                if event.get("k") == "tool":
                     seen.add((event["type"], event["tool_call_id"]))
                 after = seq
             if len(entries) < self.maxlen:

@@ -8,8 +8,13 @@ each (KEYS / ARGV / return) is commented above it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import Any
+
 from redis.asyncio import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+from redis.typing import EncodableT, KeyT
 
 from core.connect import RedisClient
 
@@ -22,8 +27,27 @@ def register(redis: RedisClient, source: str) -> AsyncScript:
     script publishes only on a channel with the hash tag of its `KEYS[1]`, so `SPUBLISH`
     reaches the master that holds the session, where its holders subscribe."""
     if isinstance(redis, RedisCluster):
-        source = source.replace(_PUBLISH, "redis.call('SPUBLISH', ")
+        return _ClusterScript(redis, source.replace(_PUBLISH, "redis.call('SPUBLISH', "))
     return redis.register_script(source)
+
+
+class _ClusterScript(AsyncScript):
+    """A script on a Redis Cluster: a master just promoted has no script loaded (`SCRIPT
+    LOAD` is not replicated), and redis-py's reload may go to a node list from before the
+    failover; then the call sends the script itself (`EVAL`, which also loads it there)."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: RedisClient | None = None,
+    ) -> Any:
+        try:
+            return await super().__call__(keys, args, client)
+        except NoScriptError:
+            keys, args = list(keys or ()), list(args or ())
+            target = client or self.registered_client
+            return await target.eval(self.script, len(keys), *keys, *args)  # type: ignore[arg-type]
 
 
 # Shared helpers, prepended to every script that needs them.
@@ -72,7 +96,8 @@ end
 # ARGV[3] the deciding actor
 # ARGV[4] '1' to queue the `approval.decided` webhook event, '0' when nobody subscribed
 # ARGV[5] retention of the outbox, seconds
-# Returns {'ok', 'decided' | 'partial', HGETALL, the webhook event's entry id or ''},
+# Returns {'ok', 'decided' | 'partial', HGETALL, the webhook event's entry id or '',
+#   the call ids decided now, their audit entries' ids in the outbox},
 # {'repeat', HGETALL},
 # {'conflict', id, status}, {'hash_mismatch', id}, {'unknown_call', id}, {'expired'} or
 # {'not_found'}.
@@ -138,9 +163,9 @@ if settled then
   set('decided_at', tostring(now))
 end
 redis.call('HSET', key, unpack(writes))
-local decided_ids = {}
+local decided_ids, audit_ids = {}, {}
 for _, item in ipairs(fresh) do
-  redis.call('XADD', KEYS[2], '*', 'e', item.audit)
+  audit_ids[#audit_ids + 1] = redis.call('XADD', KEYS[2], '*', 'e', item.audit)
   decided_ids[#decided_ids + 1] = item.id
 end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
@@ -157,7 +182,7 @@ for field, value in pairs(f) do
   after[#after + 1] = field
   after[#after + 1] = value
 end
-return {'ok', settled and 'decided' or 'partial', after, hook}
+return {'ok', settled and 'decided' or 'partial', after, hook, decided_ids, audit_ids}
 """
 )
 

@@ -14,7 +14,7 @@ import orjson
 
 from core import scripts
 from core.audit import AuditEntry, AuditLog
-from core.connect import RedisClient
+from core.connect import RedisClient, RedisPipeline
 from core.errors import (
     DecisionConflict,
     HashMismatch,
@@ -100,19 +100,23 @@ class SessionStore:
         hooks = []
         if session.status is SessionStatus.PENDING and "approval.requested" in self.hooks:
             hooks.append(("approval.requested", session.model_dump(mode="json")))
-        if self.outbox is not None:
-            await self.outbox.expect(session.id)
+        due_at = await self.outbox.expect(session.id) if self.outbox is not None else 0
+        entries = list(audit)
         # One MULTI over the session's own keys (one slot): the session and its outbox.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=new_session_fields(record, initial))  # type: ignore[arg-type]
             pipe.expire(key, ttl)
             if self.outbox is not None:
-                self.outbox.add_to(pipe, session.id, audit, hooks)
-            await pipe.execute()
+                self.outbox.add_to(pipe, session.id, entries, hooks)
+            replies = await pipe.execute()
         if self.outbox is not None:
-            await self.outbox.written(session.id)
+            await self.outbox.settle(session.id, entries, replies[2 : 2 + len(entries)])
+            if hooks:
+                await self.outbox.written(session.id)
+            else:
+                await self.outbox.forget(session.id, due_at)
         elif self.audit is not None:
-            await self.audit.append(audit)
+            await self.audit.append(entries)
 
     async def get(self, session_id: str, *, view_only: bool = False) -> SessionRecord:
         """The session, or `SessionNotFound` (`view_only`: see `SessionRecord.from_hash`)."""
@@ -214,8 +218,7 @@ class SessionStore:
         """
         payload = orjson.dumps([item.as_script_item(session_id, tenant) for item in items])
         actor = items[0].decision.actor if items else ""
-        if self.outbox is not None:
-            await self.outbox.expect(session_id)
+        due_at = await self.outbox.expect(session_id) if self.outbox is not None else 0
         outcome, *rest = await self._decide_calls(
             keys=[
                 self.keys.session(session_id),
@@ -231,11 +234,9 @@ class SessionStore:
             ],
         )
         if outcome == "ok":
-            if rest[0] == "decided":  # it leaves the indexes of pending sessions
-                await self._unindex(session_id, tenant)
-            if self.outbox is not None:
-                after = SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
-                await self.outbox.written(session_id, {rest[2]: after.view} if rest[2] else {})
+            await self._decided(session_id, tenant, items, rest, due_at)
+        elif self.outbox is not None:  # nothing was written
+            await self.outbox.forget(session_id, due_at)
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
         if outcome == "expired":
@@ -254,6 +255,37 @@ class SessionStore:
         if outcome == "repeat":
             return "repeat", SessionRecord.from_hash(_pairs(rest[0]), view_only=True)
         return rest[0], SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
+
+    async def _decided(
+        self,
+        session_id: str,
+        tenant: str,
+        items: Sequence[CallDecisionItem],
+        rest: list[Any],
+        due_at: int,
+    ) -> None:
+        """After `DECIDE_CALLS` applied some items: their audit entries from the outbox to
+        the audit log, the session out of the pending indexes once settled, and the
+        webhook event's view of the session."""
+        settled, hook, decided, entry_ids = rest[0] == "decided", rest[2], rest[3], rest[4]
+        by_call = {item.call_id: item for item in items}
+        entries = [by_call[call_id].audit_entry(session_id, tenant) for call_id in decided]
+
+        def unindex(pipe: RedisPipeline) -> None:
+            if settled:
+                shard = self.keys.shard(session_id)
+                pipe.zrem(self.keys.deadlines(shard), session_id)
+                pipe.zrem(self.keys.pending_of(tenant, shard), session_id)
+
+        if self.outbox is not None:
+            await self.outbox.settle(session_id, entries, entry_ids, also=unindex)
+            if hook:
+                after = SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
+                await self.outbox.written(session_id, {hook: after.view})
+            else:
+                await self.outbox.forget(session_id, due_at)
+        elif settled:
+            await self._unindex(session_id, tenant)
 
     async def expire_if_overdue(self, session_id: str) -> SessionStatus | None:
         """Expire a pending session whose deadline passed; the status after, or None."""

@@ -147,7 +147,10 @@ async def _stream(
                 # From here on the request is a run; it goes on if this client goes away.
                 run = await runs.start(event, events, seq, meta)
                 if retry is not None:
-                    await retry.became_run(run.log_id)
+                    try:
+                        await retry.became_run(run.log_id)
+                    except sse.STREAM_ERRORS as failure:  # the run goes on; its retry waits
+                        log.warning("run %s not recorded for retries: %s", run.log_id, failure)
                 async for items in run.listen(seq):
                     yield chunks.items(items)
                 return

@@ -10,12 +10,10 @@ changes nothing.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from core.arguments import ArgumentChecker, ArgumentError
 from core.audit import AuditEntry
@@ -80,9 +78,6 @@ async def decide(
         raise
     if applied:
         await _record(engine, principal, record, after, body)
-        if engine.store.outbox is not None:  # read-your-writes: the audit shows it on return
-            with contextlib.suppress(RedisError):
-                await engine.store.outbox.relay_audit(session_id)
     return after
 
 

@@ -17,15 +17,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.errors import NoStream, SessionNotFound, Unavailable
+from core.runlog import RunLog
 from gateway import sse
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.conversation import Engine
-from gateway.events import Ended, Reattach, StreamFailed, from_json
+from gateway.events import Ended, LoggedEvent, Reattach, StreamFailed, from_json
 from gateway.requests import parse_int
 from gateway.runs import RunRegistry
 
 log = logging.getLogger(__name__)
+
+PAGE = 1000
+"""Logged events read per call while replaying."""
 
 
 async def reattach(request: Request) -> Response:
@@ -85,10 +89,9 @@ async def _replay_and_follow(
         next_beat = time.monotonic() + settings.heartbeat_interval_s
         while True:
             run = runs.runs.get(log_id)
-            for seq, raw in await runs.runlog.read_after(log_id, cursor):
-                if run is not None and seq >= run.first_seq:
-                    break  # the local run has these in memory
-                event = from_json(raw)
+            # The local run has the events from its first on in memory.
+            before = run.first_seq if run is not None else None
+            async for seq, event in _logged(runs.runlog, log_id, cursor, before):
                 cursor = seq
                 yield chunks.render(seq, event)
                 if isinstance(event, Ended):
@@ -111,3 +114,18 @@ async def _replay_and_follow(
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + settings.heartbeat_interval_s
                 yield sse.HEARTBEAT
+
+
+async def _logged(
+    runlog: RunLog, log_id: str, after: int, before: int | None
+) -> AsyncIterator[tuple[int, LoggedEvent]]:
+    """Every logged event of the run after `after` (and before `before`), a page at a time."""
+    while True:
+        entries = await runlog.read_after(log_id, after, count=PAGE)
+        for seq, raw in entries:
+            if before is not None and seq >= before:
+                return
+            yield seq, from_json(raw)
+            after = seq
+        if len(entries) < PAGE:
+            return

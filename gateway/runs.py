@@ -17,9 +17,8 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
-
 from core.audit import AuditEntry
+from core.connect import REDIS_ERRORS
 from core.errors import GatewayError
 from core.records import SessionStatus
 from core.runlog import Lease, RunLog
@@ -46,6 +45,7 @@ from gateway.sse import STREAM_ERRORS, as_gateway_error
 
 log = logging.getLogger(__name__)
 
+_FAILURE_NOT_RECORDED: tuple[type[Exception], ...] = (GatewayError, *REDIS_ERRORS)
 _URGENT = (ApprovalNotice, ToolEvent, Finished, StreamFailed, Ended)
 """Events flushed to the log at once; content deltas wait for the batch window."""
 
@@ -114,6 +114,11 @@ class Run:
         """The flusher's batch window; an urgent event cuts it short."""
         self._stopping = False
         self.ended = False
+        self._final: Reattach | None = None
+        """Where a listener that joins after the run stopped is sent."""
+        self._flush_lock = asyncio.Lock()
+        """One append at a time, in order: a later batch logged first would make the log
+        skip the earlier one (it skips sequence numbers it has passed)."""
 
     @property
     def stopping(self) -> bool:
@@ -128,6 +133,8 @@ class Run:
         together in one list), with a heartbeat when idle; ends after the last event."""
         listener = Listener()
         backlog: list[Item] = [(seq, event) for seq, event in self.history if seq > after]
+        if self._final is not None:  # it stopped before this listener came
+            backlog.append(self._final)
         self.listeners.add(listener)
         try:
             interval = self.registry.engine.settings.heartbeat_interval_s
@@ -161,16 +168,18 @@ class Run:
             _, stuck = await asyncio.wait(tasks, timeout=self.registry.stop_timeout_s)
         for task in stuck:  # a cancellation lost inside a library; the loops' flag still ends them
             log.warning("run %s: task %s did not stop in time", self.log_id, task.get_name())
-        with contextlib.suppress(RedisError, OSError):
+        try:
             await self._flush()
             await self.registry.runlog.release(self.lease)
             if self.ended and self.delivered == self.seq:
                 await self.registry.runlog.untrack(self.log_id)
+        except REDIS_ERRORS as error:
+            log.warning("run %s: stopped without its last writes: %s", self.log_id, error)
         if (hand_over and not self.ended) or self.delivered < self.seq:
             # Events not logged were never sent: whoever continues the run sends its own.
-            reattach = Reattach(f"/v1/approvals/{self.log_id}/stream", self.delivered)
+            self._final = Reattach(f"/v1/approvals/{self.log_id}/stream", self.delivered)
             for listener in self.listeners:
-                listener.put(reattach)
+                listener.put(self._final)
         self.registry.runs.pop(self.log_id, None)
 
     async def _drive(self, source: AsyncIterator[Event]) -> None:
@@ -180,7 +189,10 @@ class Run:
                     for piece in event.pieces:
                         self._publish(ContentDelta(piece))
                 elif isinstance(event, SessionOpened):
+                    # Logged before the loop goes on to claim it: a replica taking over
+                    # continues this round's session, not the one before.
                     self._meta_fields["session"] = self.session_id = event.session_id
+                    await self._flush_until_logged()
                 elif isinstance(event, Heartbeat):
                     continue  # each listener sends its own when idle
                 else:
@@ -209,7 +221,7 @@ class Run:
                 detail={"code": error.code, "message": error.message[:500]},
             )
             await engine.audit.append([entry])
-        except (GatewayError, RedisError, OSError) as failure:
+        except _FAILURE_NOT_RECORDED as failure:
             log.warning("run %s: recording its failure failed: %s", self.log_id, failure)
 
     def _publish(self, event: LoggedEvent) -> None:
@@ -225,6 +237,16 @@ class Run:
             self._urgent = True
             self._cut_nap()
         self._start_flusher()
+
+    async def _flush_until_logged(self) -> None:
+        """Flush now, and again (every 0.25 s) while Redis fails."""
+        while True:
+            try:
+                await self._flush()
+                return
+            except REDIS_ERRORS as error:
+                log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                await asyncio.sleep(0.25)
 
     def _start_flusher(self) -> None:
         if self._flusher is None and not self._stopping:
@@ -251,13 +273,17 @@ class Run:
                 self._urgent = False
                 try:
                     await self._flush()
-                except (RedisError, OSError) as error:
+                except REDIS_ERRORS as error:
                     log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
                     await asyncio.sleep(0.25)
         finally:
             self._flusher = None
 
     async def _flush(self) -> None:
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         if not self._unflushed and not self._meta_fields:
             return
         batch, self._unflushed = self._unflushed, []
@@ -299,6 +325,7 @@ class RunRegistry:
         self.stop_timeout_s = engine.settings.shutdown_grace_s / 2
         self.draining = False
         self._renewer: asyncio.Task[None] | None = None
+        self._taking_over: set[str] = set()
 
     def _track(self, run: Run) -> None:
         self.runs[run.log_id] = run
@@ -314,7 +341,7 @@ class RunRegistry:
                 continue
             try:
                 held = await self.runlog.renew_all([run.lease for run in runs], self.lease_ms)
-            except (RedisError, OSError) as error:
+            except Exception as error:  # whatever it was, the next round tries again
                 log.warning("lease renewal of %d runs failed: %s", len(runs), error)
                 continue
             for run, still_ours in zip(runs, held, strict=True):
@@ -326,7 +353,10 @@ class RunRegistry:
         self, notice: ApprovalNotice, source: AsyncIterator[Event], seq: int, meta: ChunkMeta
     ) -> Run:
         """Turn a streamed request into a run at its first approval notice (numbered seq + 1)."""
-        lease = await self.runlog.acquire(notice.session.id, self.engine.runner_id, self.lease_ms)
+        first = {**meta.as_fields(), "session": notice.session.id, "seq": str(seq)}
+        lease = await self.runlog.acquire(
+            notice.session.id, self.engine.runner_id, self.lease_ms, first
+        )
         if lease is None:  # a fresh id nobody else knows: only a bug gets here
             raise RuntimeError(f"run {notice.session.id} is leased already")
         run = Run(self, lease, seq, meta)
@@ -339,20 +369,36 @@ class RunRegistry:
         return run
 
     async def take_over(self, log_id: str) -> Run | None:
-        """Continue a run whose replica stopped: None while another replica holds its lease."""
+        """Continue a run whose replica stopped: None while another replica holds its lease
+        (or this one drives it already). One attempt per run at a time on this replica:
+        the lease is this replica's however many of its callers ask."""
+        if log_id in self.runs or log_id in self._taking_over:
+            return None
+        self._taking_over.add(log_id)
+        try:
+            return await self._take_over(log_id)
+        finally:
+            self._taking_over.discard(log_id)
+
+    async def _take_over(self, log_id: str) -> Run | None:
         lease = await self.runlog.acquire(log_id, self.engine.runner_id, self.lease_ms)
         if lease is None:
             return None
         fields = await self.runlog.meta(log_id)
-        if fields.get("done"):  # it ended; its log holds everything
-            await self.runlog.release(lease)
-            await self.runlog.untrack(log_id)
-            return None
-        if "session" not in fields:  # its replica died before logging anything
-            fields = {**fields, "session": log_id}
-        meta = ChunkMeta.of_fields(fields) if "completion_id" in fields else None
-        run = Run(self, lease, int(fields.get("seq", "0")), meta or ChunkMeta.new("", False))
-        run.logged_tool_events = await self.runlog.logged_tool_events(log_id)
+        try:
+            if fields.get("done"):  # it ended; its log holds everything
+                await self.runlog.release(lease)
+                await self.runlog.untrack(log_id)
+                return None
+            if "session" not in fields:  # its replica died before logging anything
+                fields = {**fields, "session": log_id}
+            meta = ChunkMeta.of_fields(fields) if "completion_id" in fields else None
+            run = Run(self, lease, int(fields.get("seq", "0")), meta or ChunkMeta.new("", False))
+            run.logged_tool_events = await self.runlog.logged_tool_events(log_id)
+        except BaseException:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self.runlog.release(lease)
+            raise
         self._track(run)
         source = resume(self.engine, fields["session"], hold=True, token=lease.token)
         log.info("run %s taken over with token %d", log_id, lease.token)
@@ -367,7 +413,12 @@ class RunRegistry:
             return 0
         adopted = 0
         for log_id in await self.runlog.due():
-            if log_id not in self.runs and await self.take_over(log_id) is not None:
+            try:
+                run = await self.take_over(log_id)
+            except Exception:  # one run that cannot be taken over stops no other
+                log.exception("run %s: adopting it failed", log_id)
+                continue
+            if run is not None:
                 log.info("run %s had no replica and no client: taken over", log_id)
                 adopted += 1
         return adopted

@@ -7,8 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
+from core.connect import REDIS_ERRORS
 from core.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,10 @@ class Sweeper:
         while True:
             try:
                 await self.sweep_once()
-            except RedisError as error:
-                log.warning("sweep skipped: %s", error)
+            except Exception as error:  # Redis away, or a bug: the next sweep tries again
+                log.warning(
+                    "sweep skipped: %s", error, exc_info=not isinstance(error, REDIS_ERRORS)
+                )
             await asyncio.sleep(self.interval_s)
 
     async def sweep_once(self) -> int:

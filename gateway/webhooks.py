@@ -131,6 +131,8 @@ class WebhookSender:
         """Deliveries lost here: queue full, sender stopped, or still pending when stop() ended."""
         self._ready: asyncio.Queue[Delivery] = asyncio.Queue()
         self._waiting: set[Delivery] = set()
+        self._open: set[Delivery] = set()
+        """Every delivery not finished yet."""
         self._idle = asyncio.Event()
         self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -168,6 +170,10 @@ class WebhookSender:
             log.warning("webhooks: %d deliveries dropped at shutdown", self.pending)
             self.dropped += self.pending
             self.pending = 0
+        for delivery in self._open:  # queued, in flight or waiting: `deliver()` must not hang
+            if delivery.done is not None and not delivery.done.done():
+                delivery.done.set_exception(WebhooksBusy("the sender stopped"))
+        self._open.clear()
         if self._client is not None:
             await self._client.aclose()
 
@@ -213,7 +219,9 @@ class WebhookSender:
             self.pending += 1
             self._idle.clear()
             done = asyncio.get_running_loop().create_future()
-            self._ready.put_nowait(Delivery(target, event_id, event_type, body, done=done))
+            delivery = Delivery(target, event_id, event_type, body, done=done)
+            self._open.add(delivery)
+            self._ready.put_nowait(delivery)
             queued.append(done)
         return queued
 
@@ -290,6 +298,7 @@ class WebhookSender:
         else:
             self.failed += 1
         self.pending -= 1
+        self._open.discard(delivery)
         if self.pending == 0:
             self._idle.set()
         if delivery.done is not None and not delivery.done.done():
