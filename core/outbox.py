@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from redis.asyncio import RedisCluster
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
@@ -119,18 +120,28 @@ class Outbox:
         entries: Sequence[AuditEntry],
         entry_ids: Sequence[str],
         also: Callable[[RedisPipeline], None] | None = None,
+        forget: int | None = None,
     ) -> None:
         """After a write, the writer copies its own audit entries to the audit log and
         deletes them from the outbox, in one round trip (with whatever `also` queues): the
         relays only finish what a writer that died left. An entry copied twice carries
-        the same `outbox_id` detail."""
+        the same `outbox_id` detail. `forget`: the writer left nothing else (no webhook
+        event): the session leaves the index (see `forget`), in the same round trip on
+        one Redis (a cluster pipeline cannot load a script: a call of its own there)."""
+        inline = forget is not None and not isinstance(self.redis, RedisCluster)
         async with self.redis.pipeline(transaction=False) as pipe:
             self.audit.add_to(pipe, _relayed(session_id, entries, entry_ids))
             if entry_ids:
                 pipe.xdel(self.keys.outbox_audit(session_id), *entry_ids)
             if also is not None:
                 also(pipe)
+            if inline:
+                due = self._due(session_id)
+                queued = pipe  # a pipeline queues the script (redis-py loads it if need be)
+                await self._forget(keys=[due], args=[session_id, forget], client=queued)  # type: ignore[arg-type, list-item]
             await pipe.execute()
+        if forget is not None and not inline:
+            await self.forget(session_id, forget)
 
     async def written(
         self, session_id: str, views: Mapping[str, ApprovalSession] | None = None

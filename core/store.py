@@ -110,11 +110,10 @@ class SessionStore:
                 self.outbox.add_to(pipe, session.id, entries, hooks)
             replies = await pipe.execute()
         if self.outbox is not None:
-            await self.outbox.settle(session.id, entries, replies[2 : 2 + len(entries)])
+            ids = replies[2 : 2 + len(entries)]
+            await self.outbox.settle(session.id, entries, ids, forget=None if hooks else due_at)
             if hooks:
                 await self.outbox.written(session.id)
-            else:
-                await self.outbox.forget(session.id, due_at)
         elif self.audit is not None:
             await self.audit.append(entries)
 
@@ -278,12 +277,11 @@ class SessionStore:
                 pipe.zrem(self.keys.pending_of(tenant, shard), session_id)
 
         if self.outbox is not None:
-            await self.outbox.settle(session_id, entries, entry_ids, also=unindex)
+            forget = None if hook else due_at
+            await self.outbox.settle(session_id, entries, entry_ids, also=unindex, forget=forget)
             if hook:
                 after = SessionRecord.from_hash(_pairs(rest[1]), view_only=True)
                 await self.outbox.written(session_id, {hook: after.view})
-            else:
-                await self.outbox.forget(session_id, due_at)
         elif settled:
             await self._unindex(session_id, tenant)
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from core.keys import Keys
 from tests.clients import decide
 from tests.conftest import StackFactory
 from tests.receivers import (
@@ -70,6 +71,13 @@ def test_orphaned_run_completes_and_its_webhooks_arrive_once_a_replica_is_up(
     attempts = Counter(r.headers["x-gateway-event-id"] for r in receiver.at("/hook"))
     assert set(attempts) == set(delivered)  # redeliveries carry the same event id
     assert delivered[_id_of(delivered, "approval.decided")]["data"]["session"]["id"] == session_id
+    # Relayed, the session leaves the index of outboxes to relay (no endless re-relaying).
+    keys = Keys.of(stack.prefix, cluster=cluster is not None)
+    client = stack.redis.client()
+    _wait_for(
+        "the outbox index emptied",
+        lambda: not any(client.zcard(keys.outbox_due(n)) for n in keys.shards),
+    )
 
 
 def _delivered(receiver: Receiver) -> dict[str, dict[str, Any]]:
