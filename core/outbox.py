@@ -125,22 +125,24 @@ class Outbox:
         """After a write, the writer copies its own audit entries to the audit log and
         deletes them from the outbox, in one round trip (with whatever `also` queues): the
         relays only finish what a writer that died left. An entry copied twice carries
-        the same `outbox_id` detail. `forget`: the writer left nothing else (no webhook
-        event): the session leaves the index (see `forget`), in the same round trip on
-        one Redis (a cluster pipeline cannot load a script: a call of its own there)."""
-        inline = forget is not None and not isinstance(self.redis, RedisCluster)
+        the same `outbox_id` detail. `forget`: the writer indexed the session (`expect`)
+        and left nothing else (no webhook event): it leaves the index again."""
+        # On a cluster a pipeline's commands reach several nodes in no set order: what
+        # `also` queues (taking the session out of the deadline index, which would find
+        # these entries if this process died) waits until the copy is done.
+        apart = isinstance(self.redis, RedisCluster)
         async with self.redis.pipeline(transaction=False) as pipe:
             self.audit.add_to(pipe, _relayed(session_id, entries, entry_ids))
             if entry_ids:
                 pipe.xdel(self.keys.outbox_audit(session_id), *entry_ids)
-            if also is not None:
+            if also is not None and not apart:
                 also(pipe)
-            if inline:
-                due = self._due(session_id)
-                queued = pipe  # a pipeline queues the script (redis-py loads it if need be)
-                await self._forget(keys=[due], args=[session_id, forget], client=queued)  # type: ignore[arg-type, list-item]
             await pipe.execute()
-        if forget is not None and not inline:
+        if also is not None and apart:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                also(pipe)
+                await pipe.execute()
+        if forget is not None:  # a script in a pipeline would cost a SCRIPT EXISTS
             await self.forget(session_id, forget)
 
     async def written(

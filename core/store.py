@@ -100,7 +100,10 @@ class SessionStore:
         hooks = []
         if session.status is SessionStatus.PENDING and "approval.requested" in self.hooks:
             hooks.append(("approval.requested", session.model_dump(mode="json")))
-        due_at = await self.outbox.expect(session.id) if self.outbox is not None else 0
+        # A pending session is in the deadline index already (`reserve_pending`): that
+        # finds what a writer that died left (`_expired`). Any other is indexed first.
+        indexed = self.outbox is not None and (bool(hooks) or not _pending(session))
+        due_at = await self.outbox.expect(session.id) if self.outbox and indexed else None
         entries = list(audit)
         # One MULTI over the session's own keys (one slot): the session and its outbox.
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -217,7 +220,10 @@ class SessionStore:
         """
         payload = orjson.dumps([item.as_script_item(session_id, tenant) for item in items])
         actor = items[0].decision.actor if items else ""
-        due_at = await self.outbox.expect(session_id) if self.outbox is not None else 0
+        # Only a webhook event needs the outbox index: the session stays in the deadline
+        # index until its audit entries are copied, and `_expired` finds what is left.
+        hooked = self.outbox is not None and "approval.decided" in self.hooks
+        due_at = await self.outbox.expect(session_id) if self.outbox and hooked else None
         outcome, *rest = await self._decide_calls(
             keys=[
                 self.keys.session(session_id),
@@ -234,7 +240,7 @@ class SessionStore:
         )
         if outcome == "ok":
             await self._decided(session_id, tenant, items, rest, due_at)
-        elif self.outbox is not None:  # nothing was written
+        elif self.outbox is not None and due_at is not None:  # nothing was written
             await self.outbox.forget(session_id, due_at)
         if outcome == "not_found":
             raise SessionNotFound(f"no approval session {session_id!r}")
@@ -261,7 +267,7 @@ class SessionStore:
         tenant: str,
         items: Sequence[CallDecisionItem],
         rest: list[Any],
-        due_at: int,
+        due_at: int | None,
     ) -> None:
         """After `DECIDE_CALLS` applied some items: their audit entries from the outbox to
         the audit log, the session out of the pending indexes once settled, and the
@@ -304,6 +310,8 @@ class SessionStore:
         """Drop a session that is no longer pending from the deadline indexes; audit its
         expiry if it expired just now."""
         tenant = str(await self.redis.hget(self.keys.session(session_id), "tenant") or "default")
+        if self.outbox is not None:  # audit entries a writer that died left behind
+            await self.outbox.relay_audit(session_id)
         await self._unindex(session_id, tenant)
         if now and self.audit is not None:
             await self.audit.append([AuditEntry("expired", session=session_id, tenant=tenant)])
@@ -520,6 +528,10 @@ class CallDecisionItem:
             "result": self.result.model_dump_json() if self.result else "",
             "content": self.decision.result or "",
         }
+
+
+def _pending(session: ApprovalSession) -> bool:
+    return session.status is SessionStatus.PENDING
 
 
 def _pairs(flat: list[str]) -> dict[str, str]:
