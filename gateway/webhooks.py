@@ -171,8 +171,8 @@ class WebhookSender:
             self.dropped += self.pending
             self.pending = 0
         for delivery in self._open:  # queued, in flight or waiting: `deliver()` must not hang
-            if delivery.done is not None and not delivery.done.done():
-                delivery.done.set_exception(WebhooksBusy("the sender stopped"))
+            if delivery.done is not None:
+                delivery.done.cancel()
         self._open.clear()
         if self._client is not None:
             await self._client.aclose()
@@ -182,7 +182,7 @@ class WebhookSender:
         each delivery ended (delivered, refused, or out of attempts). Cancelled (the sender
         stopped), it was not delivered everywhere: the caller keeps it to try again."""
         subscribed = sum(1 for target in self.targets if event_type in target.events)
-        done = self._queue(event_id, event_type, data)
+        done = [future for future in self._queue(event_id, event_type, data) if future]
         await asyncio.gather(*done)
         if len(done) < subscribed:
             raise WebhooksBusy(f"webhook {event_id}: the sender is stopped or its queue full")
@@ -194,12 +194,13 @@ class WebhookSender:
         stopped sender is logged and the delivery dropped. Call it from the event loop's thread.
         """
         event_id = f"evt_{uuid.uuid4().hex}"
-        return event_id if self._queue(event_id, event_type, data) else None
+        return event_id if self._queue(event_id, event_type, data, awaited=False) else None
 
     def _queue(
-        self, event_id: str, event_type: str, data: dict[str, Any]
-    ) -> list[asyncio.Future[None]]:
-        """One delivery per subscribed target; the futures of those queued."""
+        self, event_id: str, event_type: str, data: dict[str, Any], *, awaited: bool = True
+    ) -> list[asyncio.Future[None] | None]:
+        """One delivery per subscribed target; for each one queued, the future its end
+        sets (None when nobody will await it)."""
         targets = [target for target in self.targets if event_type in target.events]
         if not targets:
             return []
@@ -218,7 +219,7 @@ class WebhookSender:
                 continue
             self.pending += 1
             self._idle.clear()
-            done = asyncio.get_running_loop().create_future()
+            done = asyncio.get_running_loop().create_future() if awaited else None
             delivery = Delivery(target, event_id, event_type, body, done=done)
             self._open.add(delivery)
             self._ready.put_nowait(delivery)
