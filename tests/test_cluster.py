@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.keys import Keys
 from tests.clients import HeldStream, decide
 from tests.conftest import Stack, StackFactory
 from tests.redis_cluster import (
@@ -35,6 +36,12 @@ def _hold(url: str, count: int, word: str) -> tuple[list[HeldStream], list[str]]
     return held, [stream.wait_pending()["id"] for stream in held]
 
 
+def _assert_answered(held: list[HeldStream], word: str) -> None:
+    """Every stream `_hold` opened ended with the model's answer to its own call."""
+    for n, stream in enumerate(held):
+        assert stream.wait().text == f"getStringLength returned {len(f'{word}{n}')}."
+
+
 def _decide_through_settling(url: str, session_id: str, kind: str = "approve") -> int:
     """Decide; while the cluster settles after a failover a call may get 503: try again."""
     deadline = time.monotonic() + 20
@@ -51,15 +58,14 @@ def test_sessions_spread_over_every_master_and_all_finish_through_nginx(
     stack = _cluster_stack(make_stack, redis_cluster)
     balancer = stack.add_nginx()
     held, ids = _hold(balancer, 24, "spread")
-    keys = [f"{stack.prefix}:session:{{{session_id}}}" for session_id in ids]
+    keys = [Keys.of(stack.prefix, cluster=True).session(session_id) for session_id in ids]
     assert len({redis_cluster.master_of(key).port for key in keys}) == 3
     listed = httpx.get(f"{balancer}/v1/approvals", params={"limit": 100}).json()["data"]
     assert {s["id"] for s in listed} == set(ids)  # the index shards, merged
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda i: decide(balancer, i, "approve").status_code, ids))
     assert statuses == [200] * len(ids)
-    for n, stream in enumerate(held):
-        assert stream.wait().text == f"getStringLength returned {len(f'spread{n}')}."
+    _assert_answered(held, "spread")
 
 
 def test_a_master_failed_over_while_sessions_are_held_loses_nothing(
@@ -68,7 +74,7 @@ def test_a_master_failed_over_while_sessions_are_held_loses_nothing(
     stack = _cluster_stack(make_stack, redis_cluster, replicas=2)
     first, second = stack.replicas
     held, ids = _hold(first.url, 12, "failover")
-    keys = {i: f"{stack.prefix}:session:{{{i}}}" for i in ids}
+    keys = {i: Keys.of(stack.prefix, cluster=True).session(i) for i in ids}
     victim = redis_cluster.master_of(keys[ids[0]])
     on_victim = [i for i in ids if redis_cluster.master_of(keys[i]).port == victim.port]
     promoted = redis_cluster.failover(victim)
@@ -77,8 +83,7 @@ def test_a_master_failed_over_while_sessions_are_held_loses_nothing(
     # its holder over the promoted master's sharded pub/sub.
     for session_id in ids:
         assert _decide_through_settling(second.url, session_id) == 200
-    for n, stream in enumerate(held):
-        assert stream.wait().text == f"getStringLength returned {len(f'failover{n}')}."
+    _assert_answered(held, "failover")
 
 
 def test_a_killed_replica_hands_its_run_to_another_on_the_cluster(
