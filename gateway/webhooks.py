@@ -1,8 +1,9 @@
 """Signed webhooks: approval events POSTed to the receivers in `Settings.webhooks`.
 
-`WebhookSender.emit()` builds an event, serializes it once and queues one delivery per
-target subscribed to its type; a few background tasks POST the deliveries with one shared
-`httpx.AsyncClient`, each attempt signed afresh (`X-Gateway-Signature`, see `sign`).
+`WebhookSender.deliver()` (the outbox relay's way in) builds an event, serializes it once
+and queues one delivery per target subscribed to its type; a few background tasks POST the
+deliveries with one shared `httpx.AsyncClient`, each attempt signed afresh
+(`X-Gateway-Signature`, see `sign`). `emit()` is the same without waiting for the end.
 
     2xx                              delivered
     network error, 408, 429, 5xx     retried after a full-jitter exponential backoff
