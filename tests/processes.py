@@ -6,6 +6,7 @@ Each is started on a free loopback port, waited for, and stopped by process id.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,8 +22,38 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _ephemeral_ports() -> range:
+    """The range the kernel picks outgoing connections' local ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+_EPHEMERAL = _ephemeral_ports()
+_LISTEN_PORTS = range(20000, 32000)
+"""Where tests' servers listen: below the ephemeral range, so that no outgoing connection
+(of this suite or of anything else on the machine) takes a port between its choice and
+the server binding it; a port is handed out once per test session."""
+_handed_out: set[int] = set()
+_choose = random.Random()  # its own, so a seeded global `random` (hypothesis) cannot repeat it
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on, outside the ephemeral range where possible."""
+    for _ in range(200):
+        port = _choose.choice(_LISTEN_PORTS)
+        if port in _handed_out or port in _EPHEMERAL:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as sock:  # the whole range is busy: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
