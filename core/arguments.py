@@ -29,6 +29,11 @@ _MAX_MESSAGE = 300
 class ArgumentError(ValueError):
     """Arguments that do not fit; the message says where and why, briefly."""
 
+    def __init__(self, message: str, path: str = "arguments") -> None:
+        super().__init__(message)
+        self.path = path
+        """Where: `arguments`, or the dotted path of the value at fault (`arguments.to`)."""
+
 
 def json_problem(value: Any, depth: int = 0) -> str | None:
     """Why `value` is not plain, canonically hashable JSON, or None when it is."""
@@ -140,7 +145,8 @@ class ArgumentChecker:
         if error.validator == "required" and isinstance(error.instance, dict):
             missing = [name for name in error.validator_value if name not in error.instance]
             path, message = [*path, str(missing[0])], "is required"
-        raise ArgumentError(_brief(f"{'.'.join(path)}: {message}"))
+        where = _brief(".".join(path))
+        raise ArgumentError(_brief(f"{where}: {message}"), where)
 
 
 def _brief(message: str) -> str:

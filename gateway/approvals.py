@@ -1,17 +1,26 @@
-"""The approvals API: list pending sessions, read one, decide it. Served by every replica."""
+"""The approvals API: list pending sessions, read one, decide it. Served by every replica.
+
+Reading one session (or the list with `?include=context`) adds what an approver needs to
+decide: `context` (the conversation's last user message, the model's text before the
+calls, and the tool results since that message, each marked when its tool's output is
+untrusted) and `schemas` (each called tool's JSON Schema for its arguments, which an edit
+must fit). Only an approver and the session's own requester see the context.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.errors import InvalidRequest
-from core.records import ApprovalSession
+from core.errors import InvalidRequest, SessionNotFound
+from core.records import ApprovalSession, SessionRecord
 from gateway import decisions
 from gateway.auth import Principal, principal_of
 from gateway.conversation import Engine
+from gateway.opening import provenance_of
 from gateway.requests import DecisionRequest, query_int, read_json, validate
 
 
@@ -34,16 +43,109 @@ async def list_approvals(request: Request) -> JSONResponse:
     request_id = request.query_params.get("request_id")
     if request_id:
         sessions = [s for s in sessions if s.request_id == request_id]
-    return JSONResponse({"object": "list", "data": [shown(principal, s) for s in sessions]})
+    include = request.query_params.get("include", "")
+    if include not in ("", "context"):
+        raise InvalidRequest("include: only 'context' can be included", param="include")
+    shown_sessions = [shown(principal, s) for s in sessions]
+    if include:
+        for view in shown_sessions:
+            if _may_read_context(principal, view):
+                try:
+                    full = await engine.store.get(view["id"])
+                except SessionNotFound:
+                    continue  # gone since the list was read
+                view.update(explained(engine, full))
+    return JSONResponse({"object": "list", "data": shown_sessions})
 
 
 async def get_approval(request: Request) -> JSONResponse:
     principal = principal_of(request)
     principal.require("requester", "approver")
     engine: Engine = request.app.state.engine
-    record = await engine.store.get(request.path_params["session_id"], view_only=True)
+    record = await engine.store.get(request.path_params["session_id"])
     principal.require_sees(record.view)
-    return JSONResponse(shown(principal, record.view))
+    view = shown(principal, record.view)
+    if _may_read_context(principal, view):
+        view.update(explained(engine, record))
+    return JSONResponse(view)
+
+
+def _may_read_context(principal: Principal, view: Mapping[str, Any]) -> bool:
+    return principal.has("approver") or principal.name == view["requester"]
+
+
+MAX_CONTEXT_CHARS = 4000
+"""Longest text of one context item; longer ones are cut and marked `truncated`."""
+MAX_CONTEXT_RESULTS = 5
+"""Tool results shown: the last ones since the last user message."""
+
+
+def explained(engine: Engine, record: SessionRecord) -> dict[str, Any]:
+    """`context` and `schemas` of a session read with its conversation."""
+    messages = record.continuation.messages
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    before_calls = messages[-1] if messages and messages[-1].get("role") == "assistant" else {}
+    provenance = provenance_of(engine, messages)
+    results = []
+    tool_messages = [m for m in messages if m.get("role") == "tool"]
+    for index, (message, origin) in enumerate(zip(tool_messages, provenance, strict=True)):
+        if (
+            messages.index(message) > last_user
+            and index >= len(tool_messages) - MAX_CONTEXT_RESULTS
+        ):
+            results.append(
+                {
+                    "tool_call_id": origin.tool_call_id,
+                    "name": origin.name,
+                    "untrusted": origin.untrusted,
+                }
+                | _text_item(message.get("content"))
+            )
+    return {
+        "context": {
+            "user_message": _text_item(messages[last_user].get("content"))
+            if last_user >= 0
+            else None,
+            "assistant_text": _text_item(before_calls.get("content")) if before_calls else None,
+            "tool_results": results,
+        },
+        "schemas": _schemas(engine, record),
+    }
+
+
+def _text_item(content: object) -> dict[str, Any]:
+    text = _text_of(content)
+    cut = len(text) > MAX_CONTEXT_CHARS
+    return {"text": text[:MAX_CONTEXT_CHARS] if cut else text, "truncated": cut}
+
+
+def _text_of(content: object) -> str:
+    """A message's content as text: a string, or the text parts of a list of parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        return "\n".join(str(part.get("text", "")) for part in content if isinstance(part, Mapping))
+    return str(content)
+
+
+def _schemas(engine: Engine, record: SessionRecord) -> dict[str, Any]:
+    """The argument schema of each tool the session calls, by tool name."""
+    declared = {
+        str((tool.get("function") or {}).get("name")): (tool.get("function") or {}).get(
+            "parameters"
+        )
+        or {}
+        for tool in record.continuation.client_tools
+    }
+    server = {s["function"]["name"]: s["function"]["parameters"] for s in engine.toolbox.schemas}
+    schemas: dict[str, Any] = {}
+    for call in record.view.tool_calls:
+        schema = declared.get(call.name) if call.side == "client" else server.get(call.name)
+        if schema is not None:
+            schemas[call.name] = schema
+    return schemas
 
 
 def shown(principal: Principal, session: ApprovalSession) -> dict[str, Any]:

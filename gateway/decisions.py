@@ -167,7 +167,7 @@ def _checked_edit(
     try:
         checker.check(arguments)
     except ArgumentError as error:
-        raise InvalidArguments(str(error)) from error
+        raise InvalidArguments(str(error), param=error.path) from error
     if toolbox.verdict(call.name, arguments, side=call.side).mode is PolicyMode.DENY:
         raise EditRefused(f"policy denies {call.name!r} with the edited arguments")
     return arguments
