@@ -10,13 +10,22 @@ An entry's `tenant` picks its stream (`Keys.audit_of`), so one tenant's flood tr
 its own history; entries of no tenant go to the system stream. Each stream keeps about
 `maxlen` entries and none older than `retention_s`. `Keys.audit_tenants` lists the
 streams; reading every tenant merges them in id order.
+
+`AuditLog.follow` is how a live feed (`GET /v1/approvals/events`) learns that a stream
+grew: one task per process reads the last id of every followed stream, every
+`FOLLOW_POLL_S`, in one pipeline, and wakes the followers of the streams that changed.
+Polling costs one round trip per interval per process, however many follow; a blocking
+XREAD per follower would hold a pooled connection each.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +36,11 @@ from core.keys import Keys
 from core.records import ApprovalSession, ToolCall
 from core.settings import Settings
 
+log = logging.getLogger(__name__)
+
 FIELDS = ("event", "session", "tool", "call", "actor", "tenant")
+FOLLOW_POLL_S = 0.25
+"""How often a process with followers looks for new audit entries."""
 _RETENTION_S: int = Settings.model_fields["audit_retention_s"].default
 _Ordered = tuple[tuple[int, int], dict[str, Any]]  # an entry with its id as numbers
 
@@ -68,6 +81,7 @@ class AuditLog:
         self.maxlen = maxlen
         """Per tenant's stream, approximate."""
         self.retention_ms = retention_s * 1000
+        self._bell = _Bell(redis)
 
     def add_to(self, pipe: RedisPipeline, entries: Iterable[AuditEntry]) -> None:
         """Queue appends on a pipeline another write goes out on (one round trip for both)."""
@@ -151,6 +165,41 @@ class AuditLog:
                 found.append(entry)
         return found
 
+    async def settled_ms(self) -> int:
+        """The last millisecond no new entry can get an id in (Redis's clock, less one)."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000 - 1
+
+    async def read_settled(
+        self, tenant: str | None, after: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to `limit` entries after the id `after`, in id order, of one tenant's stream or
+        (`tenant` None) every tenant's merged, up to the settled millisecond: an entry that a
+        later read could still find before the last one returned is never returned, so a
+        reader resuming after the last id it got misses nothing. Entries of other tenants
+        that share the last one's id come too (a read `after` that id would skip them)."""
+        found: list[dict[str, Any]] = []
+        high = await self.settled_ms()
+        entries = self.entries(tenant=tenant, after=after, until_ms=high, batch=max(100, limit))
+        async for entry in entries:
+            if len(found) >= limit and entry["id"] != found[-1]["id"]:
+                break
+            found.append(entry)
+        return found
+
+    def stream_keys(self, tenants: Iterable[str]) -> list[str]:
+        return [self.keys.audit_of(tenant) for tenant in tenants]
+
+    @contextlib.asynccontextmanager
+    async def follow(self, keys: Collection[str]) -> AsyncIterator[Follower]:
+        """Be woken while inside when one of the streams `keys` grows (`Follower.wait`)."""
+        follower = Follower(self._bell, set(keys))
+        self._bell.add(follower)
+        try:
+            yield follower
+        finally:
+            self._bell.remove(follower)
+
     async def _read(self, key: str, low: str, high: str, batch: int) -> AsyncIterator[_Ordered]:
         """One stream's entries from `low` to `high`, each with its id as numbers."""
         while True:
@@ -163,6 +212,86 @@ class AuditLog:
             if len(rows) < batch:
                 return
             low = f"({rows[-1][0]}"
+
+
+class Follower:
+    """One reader of audit streams, woken when one of them grows."""
+
+    def __init__(self, bell: _Bell, keys: set[str]) -> None:
+        self._bell = bell
+        self.keys = keys
+        self._grown = asyncio.Event()
+        self._grown.set()  # read once at the start, whatever the bell knows
+
+    def update(self, keys: Collection[str]) -> None:
+        """Follow these streams instead (an admin's feed gains a new tenant's)."""
+        if set(keys) != self.keys:
+            self._bell.remove(self)
+            self.keys = set(keys)
+            self._bell.add(self)
+            self._grown.set()
+
+    def ring(self) -> None:
+        self._grown.set()
+
+    async def wait(self, within: float) -> bool:
+        """Until a followed stream grew since the last call, or for `within` seconds;
+        whether it grew."""
+        try:
+            await asyncio.wait_for(self._grown.wait(), max(within, 0.0))
+        except TimeoutError:
+            return False
+        self._grown.clear()
+        return True
+
+
+class _Bell:
+    """One task per process: the last id of every followed stream, read every
+    `FOLLOW_POLL_S`; the followers of a stream whose last id changed are rung. A stream
+    seen for the first time rings too (its followers read it once more)."""
+
+    def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
+        self._followers: dict[str, set[Follower]] = {}
+        self._last: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, follower: Follower) -> None:
+        for key in follower.keys:
+            self._followers.setdefault(key, set()).add(follower)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll(), name="audit-bell")
+
+    def remove(self, follower: Follower) -> None:
+        for key in follower.keys:
+            followers = self._followers.get(key)
+            if followers is not None:
+                followers.discard(follower)
+                if not followers:
+                    del self._followers[key]
+                    self._last.pop(key, None)
+
+    async def _poll(self) -> None:
+        while self._followers:
+            try:
+                await self._look()
+            except Exception:  # Redis down or failing over: the followers' reads say so
+                log.debug("could not look for new audit entries", exc_info=True)
+            await asyncio.sleep(FOLLOW_POLL_S)
+
+    async def _look(self) -> None:
+        keys = list(self._followers)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.xrevrange(key, "+", "-", count=1)
+            rows: list[list[tuple[str, Any]]] = await pipe.execute()
+        for key, newest in zip(keys, rows, strict=True):
+            last = newest[0][0] if newest else ""
+            if key in self._last and self._last[key] == last:
+                continue
+            self._last[key] = last
+            for follower in self._followers.get(key, ()):
+                follower.ring()
 
 
 async def _merged(streams: list[AsyncIterator[_Ordered]]) -> AsyncIterator[dict[str, Any]]:

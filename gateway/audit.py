@@ -39,7 +39,7 @@ async def list_audit(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
     params = request.query_params
     limit = query_int(params, "limit", 100, 1, 1000)
-    after = _entry_id(params.get("after"))
+    after = entry_id(params.get("after"), "after")
     wanted = {name: params[name] for name in _FILTERS if params.get(name)}
     admin = "admin" in principal.roles
     found = await engine.audit.page(
@@ -54,13 +54,16 @@ async def list_audit(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": found, "last_id": last})
 
 
-def _entry_id(raw: str | None) -> str | None:
-    """`after` as a stream id Redis takes (two parts of ASCII digits, each within int64)."""
+def entry_id(raw: str | None, name: str) -> str | None:
+    """An audit entry id given as `name`, as a stream id Redis takes (two parts of ASCII
+    digits, each within int64)."""
     if raw is None:
         return None
     found = _ENTRY_ID.fullmatch(raw)
     if found is None or any(int(part) > _MAX_ID_PART for part in found.groups()):
-        raise InvalidRequest("after: must be an audit entry id like '1795611731579-0'")
+        raise InvalidRequest(
+            f"{name}: must be an audit entry id like '1795611731579-0'", param=name
+        )
     millis, seq = (int(part) for part in found.groups())
     return f"{millis}-{seq}"
 

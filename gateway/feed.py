@@ -1,0 +1,141 @@
+"""`GET /v1/approvals/events`: the live approvals feed, served by every replica.
+
+An SSE stream of the audit log's approval events as they happen: by default `requested`,
+`decided`, `expired` and `executed` (`?events=` picks others of the audit log's events).
+Each event is one audit entry: `id:` is its entry id, `event:` its kind, `data:` the entry
+as `GET /v1/audit` shows it. An approver follows its own tenant's stream; an admin every
+tenant's, merged in time order, or one with `?tenant=`. Requesters get 403.
+
+The stream opens with a `ready` event whose id is where it starts (now, or the client's
+`Last-Event-ID`): a page that reads the pending list after `ready` misses nothing that
+happens after it. Resuming with `Last-Event-ID` on any replica sends every entry after
+that id (entries are read only up to Redis's settled millisecond, so no entry can later
+appear before one already sent). Heartbeat comments keep it open while quiet; it never
+ends on its own, except that a replica shutting down ends it (the client re-attaches
+elsewhere with its last id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core.audit import AuditLog
+from core.errors import InvalidRequest, Unavailable
+from gateway import sse
+from gateway.audit import entry_id
+from gateway.auth import principal_of
+from gateway.conversation import Engine
+from gateway.runs import RunRegistry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVENTS = frozenset({"requested", "decided", "expired", "executed"})
+AUDIT_EVENTS = frozenset(
+    {
+        *DEFAULT_EVENTS,
+        "auto_approved",
+        "denied",
+        "granted_run",
+        "granted",
+        "refused",
+        "run_refused",
+        "run_failed",
+        "history_refused",
+        "client_result",
+    }
+)
+BATCH = 500
+"""Entries read per round trip while catching up."""
+_LAST_SEQUENCE = 2**63 - 1
+SETTLE_S = 0.005
+TENANTS_REREAD_S = 1.0
+"""How soon an admin's feed of every tenant follows a tenant's first entry."""
+
+
+async def approval_events(request: Request) -> Response:
+    principal = principal_of(request)
+    principal.require("approver")
+    engine: Engine = request.app.state.engine
+    runs: RunRegistry = request.app.state.runs
+    if runs.draining:
+        raise Unavailable("this replica is shutting down; retry on another")
+    params = request.query_params
+    wanted = _events(params.get("events"))
+    admin = "admin" in principal.roles
+    tenant = (params.get("tenant") or None) if admin else principal.tenant
+    raw_last = request.headers.get("last-event-id") or params.get("last_event_id")
+    start = entry_id(raw_last, "Last-Event-ID") if raw_last else None
+    if start is None:
+        start = f"{await engine.audit.settled_ms()}-{_LAST_SEQUENCE}"
+    slots: sse.StreamSlots = request.app.state.stream_slots
+    return slots.response(_feed(engine, runs, tenant, start, wanted))
+
+
+def _events(raw: str | None) -> frozenset[str]:
+    if not raw:
+        return DEFAULT_EVENTS
+    names = frozenset(name.strip() for name in raw.split(",") if name.strip())
+    if unknown := sorted(names - AUDIT_EVENTS):
+        raise InvalidRequest(
+            f"events: unknown {', '.join(map(repr, unknown[:5]))}; "
+            f"known: {', '.join(sorted(AUDIT_EVENTS))}",
+            param="events",
+        )
+    return names
+
+
+async def _feed(
+    engine: Engine, runs: RunRegistry, tenant: str | None, cursor: str, wanted: frozenset[str]
+) -> AsyncIterator[bytes]:
+    audit, settings = engine.audit, engine.settings
+    yield _event(cursor, "ready", {"id": cursor, "tenant": tenant})
+    try:
+        async with audit.follow(await _streams(audit, tenant)) as follower:
+            next_beat = time.monotonic() + settings.heartbeat_interval_s
+            recheck = False
+            while not runs.draining:
+                quiet = next_beat - time.monotonic()
+                if tenant is None:
+                    quiet = min(quiet, TENANTS_REREAD_S)
+                # After a ring, read once more when Redis's current millisecond has passed:
+                # the first read left entries of that millisecond for later.
+                rung = await follower.wait(SETTLE_S if recheck else quiet)
+                grown, recheck = rung or recheck, rung
+                if tenant is None:  # an admin's feed follows tenants that appear
+                    follower.update(await _streams(audit, None))
+                while grown and (entries := await audit.read_settled(tenant, cursor, BATCH)):
+                    cursor = entries[-1]["id"]
+                    for entry in entries:
+                        if entry["event"] in wanted:
+                            yield _event(entry["id"], entry["event"], entry)
+                    grown = len(entries) == BATCH
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + settings.heartbeat_interval_s
+                    yield sse.HEARTBEAT
+    except sse.STREAM_ERRORS as raised:
+        error = sse.as_gateway_error(raised)
+        log.warning("approvals feed ended by %s: %s", error.code, error.message)
+        yield b"event: error\ndata: " + orjson.dumps(error.body()) + b"\n\n"
+
+
+async def _streams(audit: AuditLog, tenant: str | None) -> list[str]:
+    return audit.stream_keys([tenant] if tenant is not None else await audit.tenants())
+
+
+def _event(event_id: str, kind: str, payload: Mapping[str, Any]) -> bytes:
+    return (
+        b"id: "
+        + event_id.encode()
+        + b"\nevent: "
+        + kind.encode()
+        + b"\ndata: "
+        + orjson.dumps(payload)
+        + b"\n\n"
+    )
