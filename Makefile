@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps js-deps run cluster test test-cluster lint pytest compose-config format clean bench \
+.PHONY: install system-deps browser-deps js-deps run cluster test test-cluster lint pytest compose-config format clean bench \
         compat compat-deps load
 
 install: system-deps $(STAMP)
@@ -19,6 +19,13 @@ system-deps:
 	  echo "installing$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+
+# Debian's Chromium for the inbox's browser tests (Playwright drives it by path; no download).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (for the inbox's browser tests)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; \
+	}
 
 # Node.js, npm and the JS clients that tests/test_clients_js.py drives (pinned in tests/js).
 JS_DIR   := tests/js
@@ -98,7 +105,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-pytest: install js-deps
+pytest: install js-deps browser-deps
 	$(PY) -m pytest
 
 # docker-compose.yml must refuse to start without each secret, and be valid with them set.

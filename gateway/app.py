@@ -43,7 +43,7 @@ from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, WakeupHub
-from gateway import approvals, audit, completions, health, legacy, models, reattach
+from gateway import approvals, audit, completions, feed, health, inbox, legacy, models, reattach
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.hosts import HostGuard
@@ -167,6 +167,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
         Route("/v1/approvals", approvals.list_approvals, methods=["GET"]),
+        Route("/v1/approvals/events", feed.approval_events, methods=["GET"]),
         Route("/v1/approvals/{session_id}", approvals.get_approval, methods=["GET"]),
         Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
         Route("/v1/approvals/{session_id}/stream", reattach.reattach, methods=["GET"]),
@@ -176,6 +177,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", legacy.health, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/inbox", inbox.page, methods=["GET"]),
+        Route("/inbox/{name}", inbox.asset, methods=["GET"]),
     ]
     exception_handlers = {
         GatewayError: _gateway_error,
