@@ -29,6 +29,8 @@ from core.wakeups import Waiter, WakeupHub, publish_command
 from tests.redis_cluster import RedisCluster as LocalCluster
 from tests.redis_cluster import redis_cluster_fixture  # noqa: F401 - until conftest.py has it
 
+pytestmark = pytest.mark.cluster
+
 # Wake a session's holder as the store's scripts will in cluster mode: SPUBLISH on the
 # session's channel, which shares the session's hash tag and so its slot.
 # KEYS[1] session hash
