@@ -91,17 +91,17 @@ class AuditLog:
         # where a node of slack does not matter: one XTRIM MAXLEN ~ per stream per batch.
         # The age is by this process's clock; skew against Redis's shifts it by as much.
         oldest_ms = int(time.time() * 1000) - self.retention_ms
-        tenants: dict[str, str] = {}  # stream key -> tenant
-        for entry in entries:
+        batch = list(entries)
+        tenants = {self.keys.audit_of(entry.tenant): entry.tenant for entry in batch}
+        if tenants:  # listed before the first entry lands: a reader of every tenant sees it
+            pipe.sadd(self.keys.audit_tenants, *tenants.values())
+        for entry in batch:
             key = self.keys.audit_of(entry.tenant)
-            tenants[key] = entry.tenant
             pipe.xadd(key, entry.fields(), minid=oldest_ms, approximate=False)  # type: ignore[arg-type]
         for key in tenants:
             pipe.xtrim(key, maxlen=self.maxlen, approximate=True)
             # A stream without an append for the whole retention holds only expired entries.
             pipe.pexpire(key, self.retention_ms)
-        if tenants:
-            pipe.sadd(self.keys.audit_tenants, *tenants.values())
 
     async def append(self, entries: Iterable[AuditEntry]) -> None:
         batch = list(entries)

@@ -112,10 +112,16 @@ async def _feed(
                     follower.update(await _streams(audit, None))
                 while grown and (entries := await audit.read_settled(tenant, cursor, BATCH)):
                     cursor = entries[-1]["id"]
-                    for entry in entries:
+                    for index, entry in enumerate(entries):
                         if entry["event"] in wanted:
-                            yield _event(entry["id"], entry["event"], entry)
-                    grown = len(entries) == BATCH
+                            # Entries of two tenants can share an id: only the last of them
+                            # carries it, so a client cut off between them resumes before
+                            # both (and may see the first again) rather than after both.
+                            tied = (
+                                index + 1 < len(entries) and entries[index + 1]["id"] == entry["id"]
+                            )
+                            yield _event(None if tied else entry["id"], entry["event"], entry)
+                    grown = len(entries) >= BATCH  # more than BATCH: the last id was tied
                 if time.monotonic() >= next_beat:
                     next_beat = time.monotonic() + settings.heartbeat_interval_s
                     yield sse.HEARTBEAT
@@ -129,11 +135,10 @@ async def _streams(audit: AuditLog, tenant: str | None) -> list[str]:
     return audit.stream_keys([tenant] if tenant is not None else await audit.tenants())
 
 
-def _event(event_id: str, kind: str, payload: Mapping[str, Any]) -> bytes:
+def _event(event_id: str | None, kind: str, payload: Mapping[str, Any]) -> bytes:
     return (
-        b"id: "
-        + event_id.encode()
-        + b"\nevent: "
+        (b"" if event_id is None else b"id: " + event_id.encode() + b"\n")
+        + b"event: "
         + kind.encode()
         + b"\ndata: "
         + orjson.dumps(payload)
