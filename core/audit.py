@@ -277,6 +277,9 @@ class _Bell:
                 await self._look()
             except Exception:  # Redis down or failing over: the followers' reads say so
                 log.debug("could not look for new audit entries", exc_info=True)
+                for followers in list(self._followers.values()):
+                    for follower in followers:
+                        follower.ring()
             await asyncio.sleep(FOLLOW_POLL_S)
 
     async def _look(self) -> None:
@@ -286,6 +289,8 @@ class _Bell:
                 pipe.xrevrange(key, "+", "-", count=1)
             rows: list[list[tuple[str, Any]]] = await pipe.execute()
         for key, newest in zip(keys, rows, strict=True):
+            if key not in self._followers:
+                continue  # its last follower left during the read
             last = newest[0][0] if newest else ""
             if key in self._last and self._last[key] == last:
                 continue

@@ -127,6 +127,14 @@ class SessionStore:
             raise SessionNotFound(f"no approval session {session_id!r}")
         return SessionRecord.from_hash(fields, view_only=view_only)
 
+    async def get_many(self, session_ids: Sequence[str]) -> list[SessionRecord]:
+        """The sessions that exist of `session_ids`, whole, read in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.hgetall(self.keys.session(session_id))
+            rows = await pipe.execute()
+        return [SessionRecord.from_hash(row) for row in rows if row]
+
     async def list_pending(
         self, limit: int = 100, tenant: str | None = None
     ) -> list[ApprovalSession]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.errors import InvalidRequest, SessionNotFound
+from core.errors import InvalidRequest
 from core.records import ApprovalSession, SessionRecord
 from gateway import decisions
 from gateway.auth import Principal, principal_of
@@ -48,13 +49,11 @@ async def list_approvals(request: Request) -> JSONResponse:
         raise InvalidRequest("include: only 'context' can be included", param="include")
     shown_sessions = [shown(principal, s) for s in sessions]
     if include:
+        readable = [view["id"] for view in shown_sessions if _may_read_context(principal, view)]
+        full = {record.id: record for record in await engine.store.get_many(readable)}
         for view in shown_sessions:
-            if _may_read_context(principal, view):
-                try:
-                    full = await engine.store.get(view["id"])
-                except SessionNotFound:
-                    continue  # gone since the list was read
-                view.update(explained(engine, full))
+            if view["id"] in full:  # (a session gone since the list was read has none)
+                view.update(explained(engine, full[view["id"]]))
     return JSONResponse({"object": "list", "data": shown_sessions})
 
 
@@ -62,11 +61,12 @@ async def get_approval(request: Request) -> JSONResponse:
     principal = principal_of(request)
     principal.require("requester", "approver")
     engine: Engine = request.app.state.engine
-    record = await engine.store.get(request.path_params["session_id"])
+    session_id = request.path_params["session_id"]
+    record = await engine.store.get(session_id, view_only=True)
     principal.require_sees(record.view)
     view = shown(principal, record.view)
-    if _may_read_context(principal, view):
-        view.update(explained(engine, record))
+    if _may_read_context(principal, view):  # only then is the conversation read
+        view.update(explained(engine, await engine.store.get(session_id)))
     return JSONResponse(view)
 
 
@@ -78,6 +78,9 @@ MAX_CONTEXT_CHARS = 4000
 """Longest text of one context item; longer ones are cut and marked `truncated`."""
 MAX_CONTEXT_RESULTS = 5
 """Tool results shown: the last ones since the last user message."""
+MAX_SCHEMA_BYTES = 64 * 1024
+"""A larger schema (a client may declare one) is left out of `schemas`: the inbox then edits
+that call as exact JSON, still checked by the server against the whole schema."""
 
 
 def explained(engine: Engine, record: SessionRecord) -> dict[str, Any]:
@@ -85,14 +88,14 @@ def explained(engine: Engine, record: SessionRecord) -> dict[str, Any]:
     messages = record.continuation.messages
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     before_calls = messages[-1] if messages and messages[-1].get("role") == "assistant" else {}
-    provenance = provenance_of(engine, messages)
+    # One provenance per tool message, in order: paired by position, not by content.
+    origins = iter(provenance_of(engine, messages))
     results = []
-    tool_messages = [m for m in messages if m.get("role") == "tool"]
-    for index, (message, origin) in enumerate(zip(tool_messages, provenance, strict=True)):
-        if (
-            messages.index(message) > last_user
-            and index >= len(tool_messages) - MAX_CONTEXT_RESULTS
-        ):
+    for index, message in enumerate(messages):
+        if message.get("role") != "tool":
+            continue
+        origin = next(origins)
+        if index > last_user:
             results.append(
                 {
                     "tool_call_id": origin.tool_call_id,
@@ -101,6 +104,7 @@ def explained(engine: Engine, record: SessionRecord) -> dict[str, Any]:
                 }
                 | _text_item(message.get("content"))
             )
+    results = results[-MAX_CONTEXT_RESULTS:]
     return {
         "context": {
             "user_message": _text_item(messages[last_user].get("content"))
@@ -143,7 +147,7 @@ def _schemas(engine: Engine, record: SessionRecord) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for call in record.view.tool_calls:
         schema = declared.get(call.name) if call.side == "client" else server.get(call.name)
-        if schema is not None:
+        if schema is not None and len(orjson.dumps(schema)) <= MAX_SCHEMA_BYTES:
             schemas[call.name] = schema
     return schemas
 

@@ -72,8 +72,9 @@ async def approval_events(request: Request) -> Response:
     tenant = (params.get("tenant") or None) if admin else principal.tenant
     raw_last = request.headers.get("last-event-id") or params.get("last_event_id")
     start = entry_id(raw_last, "Last-Event-ID") if raw_last else None
-    if start is None:
-        start = f"{await engine.audit.settled_ms()}-{_LAST_SEQUENCE}"
+    now = f"{await engine.audit.settled_ms()}-{_LAST_SEQUENCE}"
+    if start is None or _ordered(start) > _ordered(now):
+        start = now  # an id from the future would leave the feed silent forever
     slots: sse.StreamSlots = request.app.state.stream_slots
     return slots.response(_feed(engine, runs, tenant, start, wanted))
 
@@ -129,6 +130,11 @@ async def _feed(
         error = sse.as_gateway_error(raised)
         log.warning("approvals feed ended by %s: %s", error.code, error.message)
         yield b"event: error\ndata: " + orjson.dumps(error.body()) + b"\n\n"
+
+
+def _ordered(entry_id: str) -> tuple[int, int]:
+    millis, sequence = entry_id.split("-", 1)
+    return int(millis), int(sequence)
 
 
 async def _streams(audit: AuditLog, tenant: str | None) -> list[str]:

@@ -567,3 +567,19 @@ def test_an_admin_feed_sends_entries_of_two_tenants_that_share_an_id(
     for event, later in zip(events, [*events[1:], None], strict=True):
         tied = later is not None and later.data["id"] == event.data["id"]
         assert event.id == ("" if tied else event.data["id"])
+
+
+def test_an_id_from_the_future_resumes_from_now_not_never(
+    stack: Stack, hostile_upstream: HostileUpstream, ledger: str
+) -> None:
+    """A client holding an id ahead of every entry (a bug, or a forged header) would otherwise
+    wait forever for entries after it: it resumes from now instead."""
+    url = stack.replicas[0].url
+    future = f"{2**63 - 1}-{2**63 - 1}"
+    with Feed(url, "acme-approver", last_event_id=future) as feed:
+        ready = feed.opened()
+        assert id_key(ready.id) < id_key(future)
+        held = hold(url, hostile_upstream, "acme-requester", turn(email(ledger)))
+        feed.until_event("requested", held.approval["id"])
+    assert decide(url, held.approval["id"], "reject", key=key("acme-approver")).is_success
+    held.wait()

@@ -237,7 +237,7 @@ function setLive(on) {
 async function loadPending() {
   let listed;
   try {
-    listed = await api("/v1/approvals?include=context&limit=500");
+    listed = await api("/v1/approvals?include=context&limit=200");
   } catch (error) {
     if (error.status === 401 || error.status === 403) signOut(signInMessage(error));
     return;
@@ -668,7 +668,16 @@ function openEdit(session, call) {
   const properties = schema.properties || {};
   const names = Array.from(new Set([...Object.keys(properties), ...Object.keys(call.arguments || {})]));
   const required = new Set(schema.required || []);
-  const fields = names.map((name) => editorField(name, properties[name] || {}, call.arguments[name], required.has(name)));
+  const args = call.arguments || {};
+  // Own keys only: a model may name an argument `constructor` or `__proto__`.
+  const fields = names.map((name) =>
+    editorField(
+      name,
+      Object.hasOwn(properties, name) ? properties[name] : {},
+      Object.hasOwn(args, name) ? args[name] : undefined,
+      required.has(name),
+    ),
+  );
   const raw = el("textarea", { class: "raw", rows: 8, hidden: true, "aria-label": "Arguments as JSON", spellcheck: "false" });
   raw.value = JSON.stringify(call.arguments, null, 2);
   const rawError = el("div", { class: "field-error raw-error", role: "alert" });
@@ -788,12 +797,9 @@ function editorField(name, property, value, required) {
 }
 
 function collect(fields) {
-  const args = {};
-  for (const field of fields) {
-    const value = field.read();
-    if (value !== undefined) args[field.name] = value;
-  }
-  return args;
+  // fromEntries makes real keys, `__proto__` included (an assignment would set the prototype).
+  const entries = fields.map((field) => [field.name, field.read()]);
+  return Object.fromEntries(entries.filter(([, value]) => value !== undefined));
 }
 
 function parseRaw(text) {
