@@ -15,7 +15,8 @@ Three hypothesis tests against one replica (with a worker, Redis and the offline
 
 Every answer must be below 500, every error a JSON body with a stable code, and every
 event stream must end with `data: [DONE]`. Approvals time out after 2 s, so a stream held
-for a decision ends on its own.
+for a decision ends on its own. The approvals feed never ends by design: it must open
+with its `ready` event, and is closed there.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ HUGE_MARK = "__HUGE_INTEGER__"
 """A JSON string replaced by a 5000-digit integer after encoding (json.dumps cannot)."""
 SESSION_ID = re.compile(r"as_[0-9a-f]{32}")
 STREAM_BOUND_S = 30.0
+FEED = "/v1/approvals/events"
 FUZZ = settings(
     deadline=None,
     suppress_health_check=[
@@ -315,7 +317,7 @@ class Target:
             httpx.Client(base_url=self.replica.url, timeout=timeout) as client,
             client.stream(method, path, params=params, headers=sent, content=body) as response,
         ):
-            received = read(response)
+            received = read(response, live=path.split("?")[0] == FEED)
         template = re.sub(r"^/v1/approvals/[^/]+", "/v1/approvals/{id}", path.split("?")[0])
         event(f"{method} {template} -> {response.status_code}")
         check(path, response, received)
@@ -344,11 +346,14 @@ def header_value(text: str) -> bytes:
     return bytes(byte for byte in text.encode() if byte >= 0x20 and byte != 0x7F).strip(b" ")
 
 
-def read(response: httpx.Response) -> bytes:
-    """The whole body; a stream must end within `STREAM_BOUND_S`."""
+def read(response: httpx.Response, *, live: bool = False) -> bytes:
+    """The whole body; a stream must end within `STREAM_BOUND_S`. Of a `live` stream (the
+    feed, which does not end), its first event."""
     started, parts = time.monotonic(), []
     for part in response.iter_raw():
         parts.append(part)
+        if live and response.status_code == 200 and b"\n\n" in b"".join(parts):
+            break
         assert time.monotonic() - started < STREAM_BOUND_S, "the stream did not end"
     return b"".join(parts)
 
@@ -356,7 +361,9 @@ def read(response: httpx.Response) -> bytes:
 def check(path: str, response: httpx.Response, body: bytes) -> None:
     """Below 500; an error is JSON with a code; a stream ends with `[DONE]`."""
     assert response.status_code < 500, body[:500]
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
+    if path.split("?")[0] == FEED and response.status_code == 200:
+        assert body.startswith(b"id: ") and b"\nevent: ready\n" in body, body[:500]
+    elif response.headers.get("content-type", "").startswith("text/event-stream"):
         assert body.endswith(b"data: [DONE]\n\n"), body[-500:]
     elif response.status_code >= 400:
         error = json.loads(body)
