@@ -43,7 +43,18 @@ from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, WakeupHub
-from gateway import approvals, audit, completions, feed, health, inbox, legacy, models, reattach
+from gateway import (
+    approvals,
+    audit,
+    auth,
+    completions,
+    feed,
+    health,
+    inbox,
+    legacy,
+    models,
+    reattach,
+)
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.hosts import HostGuard
@@ -172,6 +183,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
         Route("/v1/approvals/{session_id}/stream", reattach.reattach, methods=["GET"]),
         Route("/v1/audit", audit.list_audit, methods=["GET"]),
+        Route("/v1/me", auth.me, methods=["GET"]),
         Route("/v1/chat/completion", legacy.chat_completion, methods=["POST"]),
         Route("/v1/chat/approve", legacy.approve, methods=["POST"]),
         Route("/health", legacy.health, methods=["GET"]),

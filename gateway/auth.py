@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse
 
 from core.errors import Forbidden, SessionNotFound, Unauthorized
 from core.records import ApprovalSession
@@ -100,3 +101,19 @@ def principal_of(request: Request) -> Principal:
     """The authenticated caller of a request (every route calls this first)."""
     authenticator: Authenticator = request.app.state.authenticator
     return authenticator.principal(request)
+
+
+async def me(request: Request) -> JSONResponse:
+    """`GET /v1/me`: who the key is (name, tenant, roles), so a client can say whose
+    decisions are its own and which calls it may not decide (its own requests)."""
+    principal = principal_of(request)
+    authenticator: Authenticator = request.app.state.authenticator
+    return JSONResponse(
+        {
+            "object": "principal",
+            "name": principal.name,
+            "tenant": principal.tenant,
+            "roles": sorted(principal.roles),
+            "open": authenticator.open,
+        }
+    )

@@ -150,3 +150,17 @@ def audit_of(replica: Replica, name: str, **filters: str) -> list[dict[str, Any]
     assert response.status_code == 200, response.text
     data: list[dict[str, Any]] = response.json()["data"]
     return data
+
+
+def test_a_key_learns_who_it_is(secured: Replica) -> None:
+    for name, (secret, tenant, roles) in KEYS.items():
+        response = httpx.get(f"{secured.url}/v1/me", headers=bearer(secret))
+        assert response.json() == {
+            "object": "principal",
+            "name": name,
+            "tenant": tenant,
+            "roles": sorted(roles),
+            "open": False,
+        }
+    refused = httpx.get(f"{secured.url}/v1/me", headers=bearer("wrong"))
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"

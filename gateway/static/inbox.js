@@ -26,6 +26,7 @@ const state = {
   feed: null, // AbortController of the live feed
   refreshing: new Map(), // session id -> timer
   history: [], // audit entries, oldest first
+  me: null, // GET /v1/me: {name, tenant, roles, open}
   view: "pending",
 };
 
@@ -106,7 +107,16 @@ async function signIn(key) {
     return;
   }
   if (key) sessionStorage.setItem(KEY_STORAGE, key);
-  $("#principal").textContent = key ? `key …${key.slice(-4)}` : "open gateway (no keys)";
+  try {
+    state.me = await api("/v1/me");
+  } catch {
+    state.me = null;
+  }
+  $("#principal").textContent = !state.me
+    ? ""
+    : state.me.open
+      ? "open gateway (no keys)"
+      : `${state.me.name} · ${state.me.tenant}`;
   $("#signin").hidden = true;
   $("#tabs").hidden = false;
   $("#who").hidden = false;
@@ -220,7 +230,8 @@ function onEvent(event) {
   if (event.id) state.lastEventId = event.id;
   if (entry.session) scheduleRefresh(entry.session);
   if (HISTORY_EVENTS.has(entry.event)) addHistory([entry]);
-  if (entry.event === "decided" && entry.actor && entry.actor !== "deadline") {
+  const mine = state.me && entry.actor === state.me.name;
+  if (entry.event === "decided" && entry.actor && entry.actor !== "deadline" && !mine) {
     const verb = decisionVerb((entry.detail && entry.detail.decision) || "");
     toast(`${entry.actor} ${verb} ${entry.tool || "a call"}`);
   }
@@ -840,7 +851,7 @@ function updateCountdown(node) {
     if (card) for (const button of $$(".actions button, .session-actions button", card)) button.disabled = true;
     return;
   }
-  const whole = Math.ceil(left); // "0:00" never shows while time is left
+  const whole = Math.round(left); // the clock is known to about half a second
   const minutes = Math.floor(whole / 60);
   const seconds = whole % 60;
   node.textContent = `expires in ${minutes}:${String(seconds).padStart(2, "0")}`;
