@@ -8,7 +8,6 @@ Screenshots at 1440 and 375 pixels wide are saved to `build/screenshots/`.
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,64 +16,22 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from core.audit import FOLLOW_POLL_S
-from gateway.auth import hash_key
+from tests.browser import (
+    KEYS,
+    LIVE_S,
+    SLOW_PERSON_S,
+    bearer,
+    browser_fixture,  # noqa: F401 - the `browser` fixture
+    browser_stack,
+    card,
+    screenshot,
+    session,
+    signed_in,
+)
 from tests.clients import HeldStream
-from tests.conftest import Stack
-from tests.processes import ROOT, RedisServer
-
-SCREENSHOTS = ROOT / "build" / "screenshots"
-HEARTBEAT_S = 1.0
-SLOW_PERSON_S = 2.5 * HEARTBEAT_S
-"""How long a person looks before deciding: longer than two heartbeats."""
-LIVE_S = 1.0 + FOLLOW_POLL_S
-"""A colleague's decision shows on the page within a second (plus the feed's poll)."""
-
-KEYS = {
-    "alice": ("sk-alice-approver", "acme", ["approver"]),
-    "bob": ("sk-bob-approver", "acme", ["approver"]),
-    "carol": ("sk-carol-requester", "acme", ["requester"]),
-}
-
-
-def keys_setting() -> str:
-    return orjson.dumps(
-        [
-            {"sha256": hash_key(key), "name": name, "tenant": tenant, "roles": roles}
-            for name, (key, tenant, roles) in KEYS.items()
-        ]
-    ).decode()
-
-
-def bearer(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {KEYS[name][0]}"}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert executable is not None, "Debian's chromium is needed (make test installs it)"
-    with sync_playwright() as playwright:
-        yield _launch(playwright, executable)
-
-
-def _launch(playwright: Playwright, executable: str) -> Browser:
-    return playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-
-
-def _stack(redis: RedisServer, model: str, workdir: Path, prefix: str, **settings: str) -> Stack:
-    overrides = {
-        "GATEWAY_API_KEYS": keys_setting(),
-        "GATEWAY_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
-        **{f"GATEWAY_{name.upper()}": value for name, value in settings.items()},
-    }
-    stack = Stack(redis, model, workdir, prefix, overrides)
-    stack.add_worker()
-    stack.add_replica()
-    stack.add_replica()
-    return stack
+from tests.processes import RedisServer
 
 
 @pytest.fixture(scope="module")
@@ -95,45 +52,17 @@ def site(
     redis_server: RedisServer, offline_model: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """Two replicas and a worker behind nginx; the balancer's URL."""
-    stack = _stack(redis_server, offline_model, tmp_path_factory.mktemp("inbox"), "inbox")
+    stack = browser_stack(redis_server, offline_model, tmp_path_factory.mktemp("inbox"), "inbox")
     try:
         yield stack.add_nginx()
     finally:
         stack.stop()
 
 
-def signed_in(browser: Browser, url: str, who: str, width: int = 1440) -> Page:
-    """A new browser context (its own tab storage) signed in as `who`."""
-    context = browser.new_context(viewport={"width": width, "height": 1000})
-    page = context.new_page()
-    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
-    page.goto(f"{url}/inbox")
-    page.fill("#key", KEYS[who][0])
-    page.press("#key", "Enter")
-    expect(page.locator("#live")).to_have_text("live")
-    return page
-
-
 def hold(url: str, prompt: str) -> tuple[HeldStream, dict[str, Any]]:
     """A streamed chat by the requester, held for a decision; its pending session."""
     held = HeldStream(url, prompt, api_key=KEYS["carol"][0])
     return held, held.wait_pending()
-
-
-def card(page: Page, session_id: str) -> Any:
-    return page.locator(f'.session[data-session="{session_id}"]')
-
-
-def session(url: str, session_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/v1/approvals/{session_id}", headers=bearer("alice"))
-    assert response.status_code == 200
-    found: dict[str, Any] = response.json()
-    return found
-
-
-def screenshot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
 
 
 def test_a_held_stream_shows_up_and_approving_it_in_the_page_resumes_it(
@@ -342,7 +271,7 @@ def test_a_wrong_key_is_refused_at_sign_in(browser: Browser, site: str) -> None:
 def short_deadline(
     redis_server: RedisServer, offline_model: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    stack = _stack(
+    stack = browser_stack(
         redis_server,
         offline_model,
         tmp_path_factory.mktemp("inbox-deadline"),
