@@ -15,7 +15,8 @@ COPY --from=build /install /usr/local
 USER gateway
 WORKDIR /home/gateway
 ENV GATEWAY_HOST=0.0.0.0 PYTHONUNBUFFERED=1
-EXPOSE 8000
+# 8000: the gateway; 9101: a worker's /healthz and /metrics (GATEWAY_WORKER__METRICS_PORT).
+EXPOSE 8000 9101
 HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)" || exit 1
 CMD ["gateway"]

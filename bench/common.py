@@ -186,6 +186,7 @@ class Topology:
         return [self.start_gateway(**HOLDING)[0] for _ in range(count)]
 
     def start_worker(self, **settings: Any) -> Process:
+        settings.setdefault("metrics_port", free_port())  # its own /healthz and /metrics port
         env = {**self.env, **{f"GATEWAY_WORKER__{k.upper()}": str(v) for k, v in settings.items()}}
         return self._start(f"worker-{len(self.processes)}", python_module("worker"), env)
 

@@ -81,6 +81,11 @@ class WorkerSettings(BaseModel):
     max_attempts: int = Field(
         default=3, ge=1, description="runs of an idempotent call whose workers died"
     )
+    metrics_host: str = "127.0.0.1"
+    """Address of the worker's `/healthz` and `/metrics` port (0.0.0.0 in a container)."""
+    metrics_port: int = Field(
+        default=9101, ge=0, le=65535, description="GET /healthz and /metrics; 0: no port"
+    )
 
 
 class WebhookTarget(BaseModel):

@@ -1,8 +1,9 @@
 """`make cluster`: the production topology natively on loopback.
 
 One `redis-server` (AOF, noeviction), the offline model, 3 gateway replicas,
-2 workers and nginx round-robin on port 8000, rendered from the same
-`deploy/nginx.conf` that docker-compose uses. Ctrl-C stops everything.
+2 workers (each with its `/healthz` and `/metrics` port) and nginx round-robin on
+port 8000, rendered from the same `deploy/nginx.conf` that docker-compose uses.
+Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def main() -> None:
     parser.add_argument("--redis-port", type=int, default=6381)
     parser.add_argument("--first-replica-port", type=int, default=8011)
     parser.add_argument("--offline-port", type=int, default=8002)
+    parser.add_argument("--first-worker-metrics-port", type=int, default=9101)
     args = parser.parse_args()
 
     raise_nofile_limit()
@@ -122,9 +124,10 @@ def main() -> None:
     }
     children: list[subprocess.Popen[bytes]] = []
 
-    def start(name: str, argv: list[str]) -> None:
+    def start(name: str, argv: list[str], **extra_env: str) -> None:
         log = (workdir / f"{name}.log").open("ab")
-        children.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        child_env = {**env, **extra_env}
+        children.append(subprocess.Popen(argv, env=child_env, stdout=log, stderr=subprocess.STDOUT))
 
     try:
         start("redis", [
@@ -135,8 +138,13 @@ def main() -> None:
         start("offline-model", [str(bin_dir / "offline-model"), "--port", str(args.offline_port)])
         _wait(f"http://127.0.0.1:{args.offline_port}/health")
         ports = [args.first_replica_port + i for i in range(3)]
-        for i in range(2):
-            start(f"worker-{i + 1}", [str(bin_dir / "gateway-worker")])
+        worker_ports = [args.first_worker_metrics_port + i for i in range(2)]
+        for i, port in enumerate(worker_ports):
+            start(
+                f"worker-{i + 1}",
+                [str(bin_dir / "gateway-worker")],
+                GATEWAY_WORKER__METRICS_PORT=str(port),
+            )
         for i, port in enumerate(ports):
             start(f"gateway-{i + 1}", [str(bin_dir / "gateway"), "--port", str(port)])
         for port in ports:
@@ -145,7 +153,12 @@ def main() -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         start("nginx", [nginx, "-c", str(workdir / "nginx.conf"), "-p", str(workdir)])
         _wait(f"http://127.0.0.1:{args.port}/readyz")
-        print(f"cluster on http://127.0.0.1:{args.port}: replicas {ports}, logs in {workdir}")
+        for port in worker_ports:
+            _wait(f"http://127.0.0.1:{port}/healthz")
+        print(
+            f"cluster on http://127.0.0.1:{args.port}: replicas {ports}, worker /healthz and"
+            f" /metrics on {worker_ports}, logs in {workdir}"
+        )
         signal.signal(signal.SIGTERM, _interrupt)
         while True:
             time.sleep(3600)

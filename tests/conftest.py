@@ -98,6 +98,8 @@ class Stack:
     overrides: dict[str, str] = field(default_factory=dict)
     replicas: list[Replica] = field(default_factory=list)
     workers: list[Process] = field(default_factory=list)
+    worker_ports: list[int] = field(default_factory=list)
+    """Each worker's `/healthz` and `/metrics` port, in the order of `workers`."""
     balancers: list[Process] = field(default_factory=list)
 
     def env(self) -> dict[str, str]:
@@ -118,10 +120,14 @@ class Stack:
         return replica
 
     def add_worker(self) -> Process:
+        """Start a worker with a health port of its own (`worker_ports`); not waited for."""
         name = f"worker-{self.prefix}-{len(self.workers)}"
-        worker = Process(name, python_module("worker"), self.env(), self.log_dir)
+        port = free_port()
+        env = {**self.env(), "GATEWAY_WORKER__METRICS_PORT": str(port)}
+        worker = Process(name, python_module("worker"), env, self.log_dir)
         worker.start()
         self.workers.append(worker)
+        self.worker_ports.append(port)
         return worker
 
     def add_nginx(self) -> str:

@@ -332,6 +332,20 @@ def test_worker_grace_period_covers_its_last_read_and_its_calls_in_hand(
         assert spec["terminationGracePeriodSeconds"] > needed_s
 
 
+def test_worker_probes_ask_the_health_port_it_serves_on_every_address(
+    settings_of: Callable[[Object], Settings],
+) -> None:
+    for container in containers(workload("worker")):
+        worker = settings_of(container).worker
+        assert command_argv(container)[0] == "gateway-worker"
+        assert worker.metrics_port != 0 and worker.metrics_host == "0.0.0.0"
+        # Liveness asks /metrics, not /healthz: a Redis outage must not restart every worker.
+        for probe, path in (("readinessProbe", "/healthz"), ("livenessProbe", "/metrics")):
+            get = container[probe]["httpGet"]
+            assert get["path"] == path, probe
+            assert container_port(container, get["port"]) == worker.metrics_port, probe
+
+
 def test_no_pod_is_killed_before_its_prestop_sleep_ends() -> None:
     for manifest in WORKLOADS:
         grace = pod_spec(manifest).get("terminationGracePeriodSeconds", 30)

@@ -2,7 +2,8 @@
 
 A job whose worker died (idle longer than `claim_idle_ms`) is reclaimed by another worker:
 an idempotent tool runs again (bounded attempts, then dead-lettered); any other tool's
-outcome is settled as unknown and never run twice.
+outcome is settled as unknown and never run twice. Each worker serves `/healthz` and
+`/metrics` on its own port (worker/health.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 from redis.exceptions import RedisError
 
@@ -26,6 +28,8 @@ from core.settings import PolicyMode, Settings
 from core.store import RunnableCall, SessionStore
 from core.tools import ToolBox
 from worker.execute import run_tool
+from worker.health import health_port
+from worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +47,44 @@ class Worker:
         self.toolbox = toolbox
         self.stopping = asyncio.Event()
         self.in_flight: dict[asyncio.Task[None], Job] = {}
+        self.metrics = WorkerMetrics(toolbox.tools)
+        self.metrics.count_in_flight(lambda: len(self.in_flight))
+        self.consuming = False
+        self.redis_answered_at = -float("inf")
+        """`time.monotonic()` of Redis's latest answer to the loop or the upkeep."""
+        # The longest a healthy worker goes without an answer: a blocking read or an upkeep
+        # interval (at full concurrency the loop does not read), plus the call's own bound.
+        self.redis_quiet_limit_s = (
+            max(self.settings.block_ms / 1000, self._upkeep_interval_s) + settings.redis_timeout_s
+        )
+
+    @property
+    def _upkeep_interval_s(self) -> float:
+        return self.settings.claim_idle_ms / 3000
+
+    def health_problem(self) -> str | None:
+        """Why this worker is not healthy, or None: it must be consuming, and Redis must
+        have answered within `redis_quiet_limit_s`."""
+        if not self.consuming:
+            return "stopping" if self.stopping.is_set() else "not consuming yet"
+        quiet_s = time.monotonic() - self.redis_answered_at
+        if quiet_s > self.redis_quiet_limit_s:
+            return f"Redis has not answered for {quiet_s:.1f} s"
+        return None
+
+    def _redis_answered(self) -> None:
+        self.redis_answered_at = time.monotonic()
 
     async def run(self) -> None:
         """Consume until `stop()`, then let in-flight calls finish within the grace period."""
         await self.jobs.ensure_group()
+        self._redis_answered()
         log.info("worker %s consuming", self.name)
         upkeep = asyncio.create_task(self._upkeep_forever(), name="worker-upkeep")
+        self._consuming(True)
         try:
             while not self.stopping.is_set():
+                self.metrics.last_loop.set_to_current_time()
                 free = self.settings.concurrency - len(self.in_flight)
                 if free == 0:
                     await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -58,11 +92,14 @@ class Worker:
                 try:
                     jobs = await self.jobs.read(self.name, free, self.settings.block_ms)
                 except RedisError as error:
+                    self.metrics.redis_errors.inc()
                     log.warning("reading jobs failed: %s", error)
                     await asyncio.sleep(0.5)
                     continue
+                self._redis_answered()
                 self._spawn(jobs, reclaimed=False)
         finally:
+            self._consuming(False)
             # Upkeep keeps in-flight jobs claimed while they finish (it reclaims nothing now).
             try:
                 await self._drain()
@@ -75,11 +112,26 @@ class Worker:
         """Stop taking new jobs (idempotent)."""
         self.stopping.set()
 
+    def _consuming(self, consuming: bool) -> None:
+        self.consuming = consuming
+        self.metrics.up.set(1 if consuming else 0)
+
     def _spawn(self, jobs: list[Job], *, reclaimed: bool) -> None:
         for job in jobs:
             task = asyncio.create_task(self.handle(job, reclaimed=reclaimed))
             self.in_flight[task] = job
-            task.add_done_callback(lambda done: self.in_flight.pop(done, None))
+            task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        """Drop a finished job; a job that raised stays unacknowledged (it is reclaimed)."""
+        job = self.in_flight.pop(task, None)
+        error = None if task.cancelled() else task.exception()
+        if error is None:
+            return
+        if isinstance(error, RedisError):
+            self.metrics.redis_errors.inc()
+        entry_id = job.entry_id if job is not None else "?"
+        log.error("job %s failed: %r", entry_id, error, exc_info=error)
 
     async def handle(self, job: Job, *, reclaimed: bool = False) -> None:
         """Run a job's call if it may run; store the outcome, then acknowledge."""
@@ -97,10 +149,13 @@ class Worker:
             await self.jobs.dead_letter(job, f"{self.settings.max_attempts} attempts")
         event = "executed"
         detail: dict[str, object] = {"outcome": outcome, "attempt": "reclaimed"}
-        if call is not None:
+        if call is None:
+            self.metrics.settled_without_running(job.tool, outcome)
+        else:
             refusal = self._refusal(job, call)
             if refusal is None:
                 result = await self._execute(call)
+                self.metrics.ran(call.name, result.status, result.duration_ms / 1000)
                 event, detail = (
                     "executed",
                     {
@@ -112,6 +167,7 @@ class Worker:
                 )
             else:
                 log.warning("refused job %s: %s", job.entry_id, refusal)
+                self.metrics.refused(call.name)
                 result = ToolResult(
                     status="failed", content=f"refused by the worker: {refusal}", worker=self.name
                 )
@@ -127,8 +183,10 @@ class Worker:
                 tenant=call.tenant if call is not None else "",
                 detail=detail,
             )
-            with contextlib.suppress(RedisError):  # the outcome is stored; audit is best effort
+            try:
                 await self.audit.append([entry])
+            except RedisError:  # the outcome is stored; audit is best effort
+                self.metrics.redis_errors.inc()
         await self.jobs.ack(job)
 
     def _refusal(self, job: Job, call: RunnableCall) -> str | None:
@@ -165,9 +223,8 @@ class Worker:
 
     async def _upkeep_forever(self) -> None:
         """Keep in-flight jobs claimed, and reclaim dead workers' jobs."""
-        interval = self.settings.claim_idle_ms / 3000
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._upkeep_interval_s)
             try:
                 await self.jobs.keep_alive(self.name, self.in_flight.values())
                 free = self.settings.concurrency - len(self.in_flight)
@@ -175,8 +232,11 @@ class Worker:
                     claimed = await self.jobs.reclaim(self.name, self.settings.claim_idle_ms, free)
                     if claimed:
                         log.warning("reclaimed %d jobs of stopped workers", len(claimed))
+                        self.metrics.jobs_reclaimed.inc(len(claimed))
                     self._spawn(claimed, reclaimed=True)
+                self._redis_answered()  # unless stopping, keep_alive or reclaim asked it
             except RedisError as error:
+                self.metrics.redis_errors.inc()
                 log.warning("job upkeep failed: %s", error)
 
     async def _drain(self) -> None:
@@ -199,7 +259,8 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
     try:
-        await worker.run()
+        async with health_port(worker, settings.worker.metrics_host, settings.worker.metrics_port):
+            await worker.run()
     finally:
         with contextlib.suppress(RedisError):
             await redis.aclose()
