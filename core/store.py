@@ -6,7 +6,7 @@ import heapq
 import itertools
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +67,7 @@ class SessionStore:
         audit: AuditLog | None = None,
         outbox: Outbox | None = None,
         hooks: frozenset[str] = frozenset(),
+        on_expired: Callable[[ApprovalSession], None] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -77,6 +78,8 @@ class SessionStore:
         the same write (without one, a new session's entries go to the audit log directly)."""
         self.hooks = hooks
         """The webhook event types some receiver subscribed to."""
+        self.on_expired = on_expired
+        """Told of each session this store expired at its deadline (the gateway's metrics)."""
         self._decide_calls = scripts.register(redis, scripts.DECIDE_CALLS)
         self._expire = scripts.register(redis, scripts.EXPIRE_IF_OVERDUE)
         self._begin_run = scripts.register(redis, scripts.BEGIN_RUN)
@@ -155,6 +158,34 @@ class SessionStore:
             rows = await pipe.execute()
         records = [SessionRecord.from_hash(r, view_only=True) for r in rows if r]
         return [r.view for r in records if r.status is SessionStatus.PENDING]
+
+    async def pending_calls(self, limit: int = 10_000) -> list[tuple[str, str, str]]:
+        """`(tenant, tool name, side)` of each call awaiting a decision, in the first `limit`
+        sessions of each shard's deadline index; three round trips, conversations not read."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.keys.shards:
+                pipe.zrange(self.keys.deadlines(shard), 0, limit - 1)
+            shards: list[list[str]] = await pipe.execute()
+        keys = [self.keys.session(session_id) for ids in shards for session_id in ids]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hmget(key, "status", "tenant", "calls")
+            rows: list[list[str | None]] = await pipe.execute()
+        pending = [
+            (key, tenant or "default", orjson.loads(calls))
+            for key, (status, tenant, calls) in zip(keys, rows, strict=True)
+            if status == SessionStatus.PENDING and calls
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, _, calls in pending:
+                pipe.hmget(key, [f"status:{call['id']}" for call in calls])
+            statuses: list[list[str | None]] = await pipe.execute()
+        return [
+            (tenant, str(call["name"]), str(call.get("side", "server")))
+            for (_, tenant, calls), states in zip(pending, statuses, strict=True)
+            for call, state in zip(calls, states, strict=True)
+            if state == CallStatus.PENDING
+        ]
 
     async def reserve_pending(
         self, session_id: str, tenant: str, deadline: float, max_total: int, max_tenant: int
@@ -317,7 +348,13 @@ class SessionStore:
     async def _expired(self, session_id: str, *, now: bool) -> None:
         """Drop a session that is no longer pending from the deadline indexes; audit its
         expiry if it expired just now."""
-        tenant = str(await self.redis.hget(self.keys.session(session_id), "tenant") or "default")
+        if now and self.on_expired is not None:
+            session = (await self.get(session_id, view_only=True)).view
+            self.on_expired(session)
+            tenant = session.tenant
+        else:
+            key = self.keys.session(session_id)
+            tenant = str(await self.redis.hget(key, "tenant") or "default")
         if self.outbox is not None:  # audit entries a writer that died left behind
             await self.outbox.relay_audit(session_id)
         await self._unindex(session_id, tenant)

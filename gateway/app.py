@@ -58,6 +58,7 @@ from gateway import (
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.hosts import HostGuard
+from gateway.metrics import HttpMetrics, Metrics, metrics_page
 from gateway.models import ModelList
 from gateway.request_ids import RequestIds
 from gateway.runs import RunRegistry
@@ -77,6 +78,8 @@ def create_app(settings: Settings) -> Starlette:
     toolbox = ToolBox.from_settings(settings)
     runner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
     authenticator = Authenticator(settings.api_keys)
+    tenants = {key.tenant for key in settings.api_keys} or {"default"}
+    metrics = Metrics(tenants, toolbox.tools)
     if authenticator.open:
         log.warning(
             "NO API KEYS CONFIGURED: the gateway is OPEN; anyone who reaches it can chat and "
@@ -97,7 +100,13 @@ def create_app(settings: Settings) -> Starlette:
         )
         hooks = frozenset(kind for target in settings.webhooks for kind in target.events)
         store = SessionStore(
-            redis, keys, settings.session_retention_s, audit_log, outbox=outbox, hooks=hooks
+            redis,
+            keys,
+            settings.session_retention_s,
+            audit_log,
+            outbox=outbox,
+            hooks=hooks,
+            on_expired=metrics.expired,
         )
         hub = WakeupHub(redis, keys, subscribe_timeout_s=settings.redis_timeout_s)
         await hub.start()
@@ -110,6 +119,7 @@ def create_app(settings: Settings) -> Starlette:
         polling = asyncio.create_task(poller.run_forever(), name="status-poller")
         webhooks = WebhookSender(settings.webhooks, settings.webhook_max_attempts)
         await webhooks.start()
+        metrics.follow_webhooks(webhooks.outcomes)
         upstream = make_upstream(settings)
         app.state.engine = Engine(
             settings=settings,
@@ -127,8 +137,10 @@ def create_app(settings: Settings) -> Starlette:
             idempotency=IdempotentRequests(redis, keys, settings.idempotency_retention_s),
             handoffs=Handoffs(redis, keys, settings.session_retention_s),
             webhooks=webhooks if settings.webhooks else None,
+            metrics=metrics,
         )
-        app.state.stream_slots = StreamSlots(settings.max_held_streams)
+        app.state.stream_slots = slots = StreamSlots(settings.max_held_streams)
+        metrics.follow_held_streams(lambda: slots.held)
         app.state.models = ModelList(app.state.engine)
         app.state.started_at = time.time()
         app.state.authenticator = authenticator
@@ -189,6 +201,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/health", legacy.health, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics_page, methods=["GET"]),
         Route("/inbox", inbox.page, methods=["GET"]),
         Route("/inbox/{name}", inbox.asset, methods=["GET"]),
     ]
@@ -199,17 +212,24 @@ def create_app(settings: Settings) -> Starlette:
     }
     # Open mode serves loopback hosts only (DNS rebinding); `allowed_hosts` narrows any mode.
     guard = Middleware(HostGuard, allowed=settings.allowed_hosts, respond=error_response)
-    middleware = [Middleware(RequestIds), Middleware(UnexpectedErrors)]
+    # Outermost: every response is counted, the ones the other layers answer too.
+    middleware = [
+        Middleware(HttpMetrics, metrics=metrics),
+        Middleware(RequestIds),
+        Middleware(UnexpectedErrors),
+    ]
     if settings.allowed_hosts or authenticator.open:
         middleware.append(guard)
     if settings.cors_origins:
         middleware.append(_cors(settings.cors_origins))
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers=exception_handlers,
     )
+    app.state.metrics = metrics
+    return app
 
 
 class UnexpectedErrors:
@@ -270,6 +290,7 @@ async def _gateway_error(request: Request, error: Exception) -> Response:
 
 async def _redis_error(request: Request, error: Exception) -> Response:
     log.warning("redis unavailable: %s", error)
+    request.app.state.metrics.redis_failed()
     return await _gateway_error(request, RedisUnavailable(f"redis is unavailable: {error}"))
 
 

@@ -48,6 +48,7 @@ from gateway.events import (
     ToolEvent,
 )
 from gateway.handoff import client_call, released_calls
+from gateway.metrics import Metrics
 from gateway.opening import classify_turn, open_session, provenance_of
 from gateway.outcomes import tool_message
 from gateway.upstream import TurnEnd, Upstream
@@ -76,6 +77,7 @@ class Engine:
     handoffs: Handoffs
     idempotency: IdempotentRequests
     webhooks: WebhookSender | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
     def check_redis(self) -> None:
         """Fail fast (503) while the wake-up connection says Redis is down."""
@@ -145,13 +147,16 @@ async def converse(
         tools = [*engine.toolbox.schemas, *ctx.client_tools] if offer_tools else []
         turn = TurnEnd()
         text: list[str] = []
-        async for pieces in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
-            if isinstance(pieces, TurnEnd):
-                turn = pieces
-            else:
-                text += pieces
-                answer += pieces
-                yield TextPieces(pieces)
+        with engine.metrics.upstream_turn() as timing:
+            async for pieces in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
+                if isinstance(pieces, TurnEnd):
+                    turn = pieces
+                else:
+                    if not text:
+                        timing.first_output()
+                    text += pieces
+                    answer += pieces
+                    yield TextPieces(pieces)
         usage.add(turn)
         if not turn.calls:
             await _remember_taint(engine, ctx, messages, "".join(answer), [])
@@ -232,6 +237,8 @@ async def _decide_then_run(
             if claim.status is SessionStatus.EXPIRED and claim.record is not None:
                 expired = claim.record.view.model_copy(update={"status": SessionStatus.EXPIRED})
                 yield ApprovalNotice(expired)
+            elif claim.record is not None:
+                engine.metrics.resumed(claim.record.view)
         if claim is None:
             claim = await engine.store.begin_run(record.id, claimant, token)
         async for event in run_tools(engine, record.id, conversation, waiter, claim, token):
@@ -253,7 +260,7 @@ async def _await_decision(
         while claim.status is SessionStatus.PENDING:
             left = expires_at - time.time()
             if left <= 0:
-                with _redis_trouble_tolerated():
+                with _redis_trouble_tolerated(engine):
                     await engine.store.expire_if_overdue(session_id)
                 left = 0.05  # Redis's clock may lag ours by a little
             woken = await waiter.wait(left)
@@ -373,26 +380,27 @@ _STILL_PENDING = Claim(None, SessionStatus.PENDING, None)
 async def _try_claim(engine: Engine, session_id: str, claimant: str, token: int) -> Claim:
     """Claim the session if it was decided; while Redis is unreachable, still pending (the
     claim is safe to repeat: the same claimant asking again gets the same answer)."""
-    with _redis_trouble_tolerated():
+    with _redis_trouble_tolerated(engine):
         return await engine.store.begin_run(session_id, claimant, token)
     return _STILL_PENDING
 
 
 async def _reread(engine: Engine, last: SessionRecord) -> SessionRecord:
     """The session as Redis has it now; while Redis is unreachable, the last one read."""
-    with _redis_trouble_tolerated():
+    with _redis_trouble_tolerated(engine):
         return await engine.store.get(last.id)
     return last
 
 
 @contextlib.contextmanager
-def _redis_trouble_tolerated() -> Iterator[None]:
+def _redis_trouble_tolerated(engine: Engine) -> Iterator[None]:
     # A held stream outlives a Redis restart or freeze: its waits are bounded by its own
     # deadline, and the state it waits for is still in Redis (AOF) when Redis is back.
     try:
         yield
     except UNAVAILABLE_ERRORS as error:
         log.warning("redis unreachable while holding a stream: %s", error)
+        engine.metrics.redis_failed()
     # redis-py can turn a cancellation that lands mid-command into a connection error
     # (it closes the connection on the way out); a cancelled holder must still stop.
     task = asyncio.current_task()

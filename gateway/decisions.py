@@ -191,6 +191,9 @@ async def _record(
         and c.decision.actor == principal.name
         and c.status is not CallStatus.PENDING
     ]
+    engine.metrics.decided(
+        (c.decision for c in decided if c.decision is not None), before.view.created_at
+    )
     session = after.view
     grants = {c.tool_call_id: c.grant for c in body.calls or () if c.grant is not None}
     scope = GrantScope(session.tenant, session.requester, session.conversation)

@@ -100,6 +100,7 @@ async def open_session(
     record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
     initial = {v.id: v.decision for v in views if v.decision is not None}
     await engine.store.create(record, initial, _opened_entries(session))
+    engine.metrics.decided(initial.values())
     if tainted:
         await engine.taint.mark(GrantScope(ctx.tenant, ctx.requester, ctx.conversation))
     return record.model_copy(update={"continuation": Continuation(messages=[])})

@@ -175,6 +175,7 @@ class Run:
                 await self.registry.runlog.untrack(self.log_id)
         except REDIS_ERRORS as error:
             log.warning("run %s: stopped without its last writes: %s", self.log_id, error)
+            self.registry.engine.metrics.redis_failed()
         if (hand_over and not self.ended) or self.delivered < self.seq:
             # Events not logged were never sent: whoever continues the run sends its own.
             self._final = Reattach(f"/v1/approvals/{self.log_id}/stream", self.delivered)
@@ -246,6 +247,7 @@ class Run:
                 return
             except REDIS_ERRORS as error:
                 log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                self.registry.engine.metrics.redis_failed()
                 await asyncio.sleep(0.25)
 
     def _start_flusher(self) -> None:
@@ -275,6 +277,7 @@ class Run:
                     await self._flush()
                 except REDIS_ERRORS as error:
                     log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                    self.registry.engine.metrics.redis_failed()
                     await asyncio.sleep(0.25)
         finally:
             self._flusher = None
@@ -297,6 +300,7 @@ class Run:
             self._unflushed = batch + self._unflushed
             self._meta_fields = {**meta, **self._meta_fields}
             raise
+        self.registry.engine.metrics.run_log_writes.inc()
         if not appended:
             # Fenced out: another replica numbers its events after the last one logged,
             # which is the last one any listener was given.
@@ -400,6 +404,7 @@ class RunRegistry:
                 await self.runlog.release(lease)
             raise
         self._track(run)
+        self.engine.metrics.lease_takeovers.inc()
         source = resume(self.engine, fields["session"], hold=True, token=lease.token)
         log.info("run %s taken over with token %d", log_id, lease.token)
         run.start(source, Resumed(self.engine.runner_id))

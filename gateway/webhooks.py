@@ -126,6 +126,8 @@ class WebhookSender:
         """Deliveries a target answered with a 2xx."""
         self.failed = 0
         """Deliveries that ended without a 2xx: not retried, or out of attempts."""
+        self.retried = 0
+        """Attempts that failed and were scheduled to be tried again."""
         self.pending = 0
         """Deliveries queued, in flight or waiting to retry."""
         self.dropped = 0
@@ -177,6 +179,10 @@ class WebhookSender:
         self._open.clear()
         if self._client is not None:
             await self._client.aclose()
+
+    def outcomes(self) -> dict[str, int]:
+        """How attempts ended so far: `delivered`, `retried` and `failed` (the metrics')."""
+        return {"delivered": self.delivered, "retried": self.retried, "failed": self.failed}
 
     async def deliver(self, event_id: str, event_type: str, data: dict[str, Any]) -> None:
         """Deliver an event with this id to every target subscribed to its type; return once
@@ -287,6 +293,7 @@ class WebhookSender:
         else:
             delay = min(retry_after, self.max_delay_s)
         log.info("webhook %s: %s; retry in %.2fs", delivery.event_id, reason, delay)
+        self.retried += 1
         self._waiting.add(delivery)
         delivery.retry = asyncio.get_running_loop().call_later(delay, self._requeue, delivery)
 
