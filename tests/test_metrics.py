@@ -9,18 +9,17 @@ from pathlib import Path
 
 import httpx
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.auth import hash_key
 from gateway.metrics import Metrics
 from tests.clients import HeldStream, decide
 from tests.conftest import Replica, StackFactory
+from tests.scrape import Samples
+from tests.scrape import scrape as scrape_url
 
 PROMPT = "Please use getStringLength on 'ab'"
 DECISION_ROUTE = {"route": "/v1/approvals/{session_id}/decision", "method": "POST"}
 KEYS = {"alice": ("key-alice", ["requester"]), "bob": ("key-bob", ["approver"])}
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def api_keys_setting() -> str:
@@ -32,15 +31,8 @@ def api_keys_setting() -> str:
 
 
 def scrape(replica: Replica) -> Samples:
-    """Every sample of the replica's `/metrics`, asked without an API key."""
-    response = httpx.get(f"{replica.url}/metrics", timeout=10)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
+    """Every sample of the replica's `/metrics`."""
+    return scrape_url(replica.url)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

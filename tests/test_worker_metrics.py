@@ -6,17 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients import consume, decide, stream_chat
 from tests.conftest import Replica, Stack, StackFactory
 from tests.mediation import wait_for
 from tests.processes import RedisServer, wait_http
+from tests.scrape import Samples, scrape
 
 EXECUTIONS = "approval_gateway_worker_tool_executions_total"
 DURATION_COUNT = "approval_gateway_worker_tool_duration_seconds_count"
 REDIS_ERRORS = "approval_gateway_worker_redis_errors_total"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def worker_url(stack: Stack, index: int = 0) -> str:
@@ -28,18 +27,6 @@ def healthy_worker(stack: Stack, index: int = 0) -> str:
     url = worker_url(stack, index)
     wait_http(f"{url}/healthz", stack.workers[index])
     return url
-
-
-def scrape(url: str) -> Samples:
-    """Every sample of the worker's /metrics, parsed as Prometheus parses it."""
-    response = httpx.get(f"{url}/metrics", timeout=5)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
