@@ -120,8 +120,10 @@ def test_client_disconnect_while_pending_leaks_no_connection(make_stack: StackFa
         assert httpx.get(f"{replica.url}/v1/approvals/{session_id}").json()["status"] == "pending"
     time.sleep(3)  # every run has re-read its session and renewed its lease at least once
     # Twenty sessions whose clients left cost no connection each: one pub/sub connection per
-    # process, and a command pool sized by how many commands overlap, not by streams.
-    assert _connections(client, replica) <= baseline + 2
+    # process, and a command pool sized by how many commands overlap, not by streams. (The
+    # twenty runs' rereads and lease renewals can overlap a few at a time on a loaded
+    # machine: a full suite run once saw baseline + 3; a leak would show about + 20.)
+    assert _connections(client, replica) <= baseline + streams // 4
     assert client.pubsub_numsub(f"{stack.prefix}:hub")[0][1] == 1
 
 
