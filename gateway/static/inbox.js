@@ -327,7 +327,6 @@ function removeSession(sessionId, after = null) {
     card.remove();
     if (wasSelected) selectFirst();
   }
-  if (after) rememberDecided(after);
   renderCount();
 }
 
@@ -988,11 +987,6 @@ function addHistory(entries) {
   state.history.sort((a, b) => a.at - b.at);
   if (state.history.length > 5000) state.history.splice(0, state.history.length - 5000);
   if (state.view === "history") renderHistory();
-}
-
-function rememberDecided(session) {
-  // The feed brings the audit entries; nothing to add here but a re-render.
-  if (state.view === "history" && session) renderHistory();
 }
 
 function renderHistory() {
