@@ -23,20 +23,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import structlog
 
 from core.connect import RedisClient, RedisPipeline
 from core.keys import Keys
 from core.records import ApprovalSession, ToolCall
 from core.settings import Settings
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 FIELDS = ("event", "session", "tool", "call", "actor", "tenant")
 FOLLOW_POLL_S = 0.25
@@ -276,7 +276,7 @@ class _Bell:
             try:
                 await self._look()
             except Exception:  # Redis down or failing over: the followers' reads say so
-                log.debug("could not look for new audit entries", exc_info=True)
+                log.debug("audit_look_failed", exc_info=True)
                 for followers in list(self._followers.values()):
                     for follower in followers:
                         follower.ring()

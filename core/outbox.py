@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+import structlog
 from redis.asyncio import RedisCluster
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
@@ -41,7 +41,7 @@ from core.connect import REDIS_ERRORS, RedisClient, RedisPipeline
 from core.keys import Keys
 from core.records import ApprovalSession
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 Deliver = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 """Deliver one webhook event (id, type, data) to every target; returns once each is done."""
@@ -221,7 +221,7 @@ class Outbox:
                     break
                 await self.redis.xdel(key, entry_id)
                 await self.redis.hdel(self.keys.outbox_views(session_id), entry_id)
-            log.warning("outbox of %s: the relay lost its lock; another goes on", session_id)
+            log.warning("outbox_lock_lost", session_id=session_id)  # another relay goes on
             return False
         finally:
             await keeper.stop()
@@ -286,7 +286,7 @@ class Outbox:
                 try:
                     return await self.relay(session_id, deliver, view)
                 except Exception as error:  # Redis trouble, or the sender is full: later
-                    log.warning("outbox of %s not relayed yet: %s", session_id, error)
+                    log.warning("outbox_not_relayed", session_id=session_id, error=str(error))
                     with contextlib.suppress(*REDIS_ERRORS):
                         await self.expect(session_id)
                     return False
@@ -301,7 +301,7 @@ class Outbox:
                 try:
                     due = await self._due_now()
                 except Exception as error:  # Redis away: what was kicked goes on
-                    log.warning("outbox index unreadable: %s", error)
+                    log.warning("outbox_index_unreadable", error=str(error))
                     due = []
                 for session_id in {*kicked, *due}:
                     if session_id not in running:
@@ -345,7 +345,7 @@ class _Keeper:
                 self.lost = True
                 return
             except REDIS_ERRORS as error:
-                log.warning("outbox lock not extended yet: %s", error)
+                log.warning("outbox_lock_not_extended", error=str(error))
                 if time.monotonic() >= held_until:  # it may have lapsed meanwhile
                     self.lost = True
                     return

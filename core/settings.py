@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_FIELDS = (
@@ -43,6 +43,7 @@ OPENAI_FIELDS = (
     "web_search_options",
 )
 """The request fields of OpenAI's Chat Completions that the gateway passes on as they are."""
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class PolicyMode(StrEnum):
@@ -214,5 +215,21 @@ class Settings(BaseSettings):
     """`Host` values served (`gateway.example.com`, `*.example.com`, `127.0.0.1:8000`);
     others get 400. Empty: any host, or in open mode only loopback ones."""
 
+    # Logs of every process (docs/logging.md)
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="one JSON object per line, or lines for people (`make run`)"
+    )
+    log_level: str = Field(default="info", description="debug, info, warning, error or critical")
+    log_arguments: bool = Field(
+        default=False, description="debug only: puts tool-call arguments in the logs"
+    )
+
     offline: OfflineModelSettings = Field(default_factory=OfflineModelSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        if level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level: one of {', '.join(LOG_LEVELS)}")
+        return level.lower()

@@ -4,11 +4,11 @@ per master, each channel subscribed where its slot lives, moved when the slot mo
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection
@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 if TYPE_CHECKING:
     from core.wakeups import WakeupHub
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 _LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -215,7 +215,7 @@ class ShardedChannels:
             return  # dropped already
         # Once per outage: while a master is down, every repair pass fails to reach it.
         report = log.warning if self.connected else log.debug
-        report("wake-up link to %s lost (%s); moving its channels", link.address, error)
+        report("wakeup_link_lost", node=link.address, error=str(error))  # channels move
         self._failures += 1
         self.connected = False
         self._evict(link, list(link.channels))
@@ -247,7 +247,7 @@ class ShardedChannels:
         try:
             await self._read_slot_map(witness)
         except (RedisError, RedisClusterException, OSError) as error:
-            log.warning("reading the cluster's slot map failed (%s); retrying", error)
+            log.warning("slot_map_read_failed", error=str(error))  # retried
             self.connected = False
             self._repair_due.set()
             return

@@ -10,10 +10,10 @@ model should not obey); a policy rule's fields of the same names win.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import structlog
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -21,7 +21,7 @@ from core.arguments import ArgumentChecker
 from core.policy import Policy, Side, ToolRule, Verdict, policy_from_settings
 from core.settings import PolicyMode, Settings
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 # Rule fields that override the tool's metadata of the same name.
 _RULE_METADATA = ("read_only", "idempotent", "timeout_s", "untrusted_output")
@@ -42,7 +42,7 @@ class ToolBox:
         }
         if unknown := sorted(set(policy.tools) - set(self.tools)):
             # Harmless (unknown tools are denied), but often a typo in a tool name.
-            log.warning("policy has rules for tools that are not loaded: %s", ", ".join(unknown))
+            log.warning("policy_names_unknown_tools", tools=unknown)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ToolBox:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Iterable
 from typing import Literal
 
+import structlog
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -23,7 +23,7 @@ from core.connect import RedisClient
 from core.keys import Keys
 from core.sharded_pubsub import ShardedChannels
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 def publish_command(redis: RedisClient) -> Literal["PUBLISH", "SPUBLISH"]:
@@ -237,7 +237,7 @@ class _PubSubChannels:
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
                 if self.connected:
-                    log.warning("wake-up connection lost (%s); waking every waiter", error)
+                    log.warning("wakeup_connection_lost", error=str(error))  # every waiter is woken
                 self.connected = False
                 self._confirmed.clear()
                 self._hub.wake_all()
@@ -286,7 +286,7 @@ class StatusPoller:
             try:
                 await self.poll_once()
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
-                log.warning("status poll failed (%s); the next one retries", error)
+                log.warning("status_poll_failed", error=str(error))  # the next one retries
 
     async def poll_once(self) -> None:
         ids = list(self._waiting)

@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+# Logs for people here (docs/logging.md); deployments keep the default, one JSON object a line.
+export GATEWAY_LOG_FORMAT=${GATEWAY_LOG_FORMAT:-console}
 RUN_DIR=.run
 mkdir -p "$RUN_DIR/redis"
 pids=()

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from types import FrameType
 
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 
+from core import logs
 from core.settings import Settings
-from gateway.app import create_app
+from gateway.app import create_app, new_runner_id
 from gateway.hosts import is_loopback
+
+log = structlog.stdlib.get_logger(__name__)
 
 
 class DrainingServer(uvicorn.Server):
@@ -44,17 +47,25 @@ def main() -> None:
     parser.add_argument("--port", type=int, help="override GATEWAY_PORT")
     args = parser.parse_args()
     settings = Settings()
+    runner_id = new_runner_id()
+    logs.configure(
+        "gateway",
+        replica=runner_id,
+        fmt=settings.log_format,
+        level=settings.log_level,
+        log_arguments=settings.log_arguments,
+    )
     host = args.host or settings.host
     refusal = open_bind_refusal(settings, host)
     if refusal:
-        sys.exit(refusal)
-    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=log_format)
-    app = create_app(settings)
+        log.error("open_bind_refused", reason=refusal)
+        sys.exit(2)
+    app = create_app(settings, runner_id)
     config = uvicorn.Config(
         app,
         host=host,
         port=args.port or settings.port,
+        log_config=None,  # logs.configure's handler renders uvicorn's records too
         log_level="warning",
         loop="uvloop",
         http="httptools",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = b"x-request-id"
@@ -22,7 +23,8 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestIds:
-    """Pure ASGI middleware: picks the request's id and puts it on the response."""
+    """Pure ASGI middleware: picks the request's id and puts it on the response and on the
+    request's log lines (`request_id`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -40,4 +42,9 @@ class RequestIds:
                 message["headers"] = [*message.get("headers", []), (HEADER, request_id)]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        # On every log line of the request, and of the tasks it starts (they copy the context).
+        structlog.contextvars.bind_contextvars(request_id=request_id.decode())
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:  # with what the request bound later (tenant, session_id)
+            structlog.contextvars.clear_contextvars()

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import AsyncIterator
+
+import structlog
 
 from core.audit import AuditEntry
 from core.connect import REDIS_ERRORS
@@ -43,7 +44,7 @@ from gateway.events import (
 )
 from gateway.sse import STREAM_ERRORS, as_gateway_error
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 _FAILURE_NOT_RECORDED: tuple[type[Exception], ...] = (GatewayError, *REDIS_ERRORS)
 _URGENT = (ApprovalNotice, ToolEvent, Finished, StreamFailed, Ended)
@@ -167,14 +168,14 @@ class Run:
         else:
             _, stuck = await asyncio.wait(tasks, timeout=self.registry.stop_timeout_s)
         for task in stuck:  # a cancellation lost inside a library; the loops' flag still ends them
-            log.warning("run %s: task %s did not stop in time", self.log_id, task.get_name())
+            log.warning("run_task_stuck", run=self.log_id, task=task.get_name())
         try:
             await self._flush()
             await self.registry.runlog.release(self.lease)
             if self.ended and self.delivered == self.seq:
                 await self.registry.runlog.untrack(self.log_id)
         except REDIS_ERRORS as error:
-            log.warning("run %s: stopped without its last writes: %s", self.log_id, error)
+            log.warning("run_last_writes_lost", run=self.log_id, error=str(error))
             self.registry.engine.metrics.redis_failed()
         if (hand_over and not self.ended) or self.delivered < self.seq:
             # Events not logged were never sent: whoever continues the run sends its own.
@@ -200,7 +201,7 @@ class Run:
                     self._publish(event)
         except STREAM_ERRORS as raised:
             error = as_gateway_error(raised)
-            log.warning("run %s failed: %s", self.log_id, error.message)
+            log.warning("run_failed", run=self.log_id, code=error.code, error=error.message)
             self._publish(StreamFailed.of(error))
             await self._record_failure(error)
         self._meta_fields["done"] = "1"  # flushed with Ended: a finished run is never resumed
@@ -223,7 +224,7 @@ class Run:
             )
             await engine.audit.append([entry])
         except _FAILURE_NOT_RECORDED as failure:
-            log.warning("run %s: recording its failure failed: %s", self.log_id, failure)
+            log.warning("run_failure_not_recorded", run=self.log_id, error=str(failure))
 
     def _publish(self, event: LoggedEvent) -> None:
         """Number the event and queue it for the log (listeners get it once it is logged)."""
@@ -246,7 +247,7 @@ class Run:
                 await self._flush()
                 return
             except REDIS_ERRORS as error:
-                log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                log.warning("run_log_append_failed", run=self.log_id, error=str(error))
                 self.registry.engine.metrics.redis_failed()
                 await asyncio.sleep(0.25)
 
@@ -276,7 +277,7 @@ class Run:
                 try:
                     await self._flush()
                 except REDIS_ERRORS as error:
-                    log.warning("run %s: log append failed, will retry: %s", self.log_id, error)
+                    log.warning("run_log_append_failed", run=self.log_id, error=str(error))
                     self.registry.engine.metrics.redis_failed()
                     await asyncio.sleep(0.25)
         finally:
@@ -304,7 +305,7 @@ class Run:
         if not appended:
             # Fenced out: another replica numbers its events after the last one logged,
             # which is the last one any listener was given.
-            log.warning("run %s: lease lost; another replica continues it", self.log_id)
+            log.warning("run_lease_lost", run=self.log_id)  # another replica continues it
             self._unflushed = []
             if not self._stopping:
                 asyncio.get_running_loop().create_task(self.stop(hand_over=True))
@@ -346,11 +347,11 @@ class RunRegistry:
             try:
                 held = await self.runlog.renew_all([run.lease for run in runs], self.lease_ms)
             except Exception as error:  # whatever it was, the next round tries again
-                log.warning("lease renewal of %d runs failed: %s", len(runs), error)
+                log.warning("lease_renewal_failed", runs=len(runs), error=str(error))
                 continue
             for run, still_ours in zip(runs, held, strict=True):
                 if not still_ours and not run.stopping:
-                    log.warning("run %s: lease lapsed", run.log_id)
+                    log.warning("run_lease_lapsed", run=run.log_id)
                     asyncio.get_running_loop().create_task(run.stop(hand_over=True))
 
     async def start(
@@ -406,7 +407,7 @@ class RunRegistry:
         self._track(run)
         self.engine.metrics.lease_takeovers.inc()
         source = resume(self.engine, fields["session"], hold=True, token=lease.token)
-        log.info("run %s taken over with token %d", log_id, lease.token)
+        log.info("run_taken_over", run=log_id, lease=lease.token)
         run.start(source, Resumed(self.engine.runner_id))
         return run
 
@@ -421,10 +422,10 @@ class RunRegistry:
             try:
                 run = await self.take_over(log_id)
             except Exception:  # one run that cannot be taken over stops no other
-                log.exception("run %s: adopting it failed", log_id)
+                log.exception("run_adoption_failed", run=log_id)
                 continue
             if run is not None:
-                log.info("run %s had no replica and no client: taken over", log_id)
+                log.info("run_adopted", run=log_id)  # it had no replica and no client
                 adopted += 1
         return adopted
 
@@ -436,4 +437,4 @@ class RunRegistry:
         await asyncio.gather(*(run.stop(hand_over=True) for run in list(self.runs.values())))
         if self._renewer is not None:
             self._renewer.cancel()
-        log.info("drained in %.3f s", time.monotonic() - started)
+        log.info("drained", duration_ms=round((time.monotonic() - started) * 1000, 3))

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
+import structlog
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from core.connect import UNAVAILABLE_ERRORS
 from core.errors import GatewayError, Overloaded, RedisUnavailable
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 STREAM_ERRORS = (Exception,)
 """What ends a stream that already started with an error event and `[DONE]`: anything but
@@ -35,7 +35,7 @@ def as_gateway_error(error: Exception) -> GatewayError:
         return error
     if isinstance(error, UNAVAILABLE_ERRORS):
         return RedisUnavailable(f"redis is unavailable: {error}")
-    log.error("a stream failed on an unexpected error", exc_info=error)
+    log.error("unexpected_stream_error", exc_info=error)
     return GatewayError(f"the gateway failed ({type(error).__name__}); the details are in its log")
 
 

@@ -4,13 +4,14 @@ with no holder still ends and a run whose replica died still reaches its end."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
+
+import structlog
 
 from core.connect import REDIS_ERRORS
 from core.store import SessionStore
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 class Sweeper:
@@ -34,9 +35,8 @@ class Sweeper:
             try:
                 await self.sweep_once()
             except Exception as error:  # Redis away, or a bug: the next sweep tries again
-                log.warning(
-                    "sweep skipped: %s", error, exc_info=not isinstance(error, REDIS_ERRORS)
-                )
+                trace = not isinstance(error, REDIS_ERRORS)
+                log.warning("sweep_skipped", error=str(error), exc_info=trace)
             await asyncio.sleep(self.interval_s)
 
     async def sweep_once(self) -> int:

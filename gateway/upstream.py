@@ -14,7 +14,6 @@ with `GATEWAY_UPSTREAM_ADAPTER=langchain`. Both pass the same contract tests.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -23,13 +22,14 @@ import aiohttp
 import httpx
 import openai
 import orjson
+import structlog
 from langchain_core.messages import AIMessageChunk, convert_to_messages
 from langchain_openai import ChatOpenAI
 
 from core.errors import UpstreamError, UpstreamRateLimited, UpstreamRejected
 from core.settings import Settings
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +211,7 @@ class WireUpstream:
                     raise UpstreamError(f"upstream model list failed: HTTP {response.status}")
                 return model_ids(orjson.loads(await response.content.read(1024 * 1024)))
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as error:
-            log.warning("upstream model list failed: %r", error)
+            log.warning("upstream_model_list_failed", error=repr(error))
             raise UpstreamError("the upstream model list is unavailable") from error
 
     async def stream_turn(
@@ -229,9 +229,7 @@ class WireUpstream:
         except _RefusedStream as refused:
             # A server that will not stream once tools are offered: ask it for the whole
             # answer, now and from now on (this process remembers).
-            log.warning(
-                "upstream refused a streamed request with tools (%s); asking whole", refused
-            )
+            log.warning("upstream_refused_streaming_tools", reason=str(refused))
             self._quirks.whole_with_tools = True
             async for part in self._turn(payload, stream=False):
                 yield part
@@ -268,7 +266,7 @@ class WireUpstream:
                         raise _RefusedStream("an empty answer")  # llama.cpp's Python server
                     turn.close()
         except (aiohttp.ClientError, TimeoutError) as error:
-            log.warning("upstream request failed: %r", error)  # the address stays in the log
+            log.warning("upstream_request_failed", error=repr(error))  # with the address
             raise UpstreamError(
                 f"the upstream model could not be reached ({_kind(error)})"
             ) from error
@@ -285,7 +283,7 @@ class WireUpstream:
         # ClientOSError covers a failed connect and a reset (llama.cpp's server closes the
         # connection after an empty answer, though it said keep-alive).
         except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as error:
-            log.info("upstream connection failed (%r); trying a fresh one", error)
+            log.info("upstream_connection_retried", error=repr(error))  # on a fresh one
             return await self._client().post(self._url, data=body)
 
 
@@ -511,7 +509,7 @@ class LangChainUpstream:
             response.raise_for_status()
             return model_ids(response.json())
         except (httpx.HTTPError, ValueError) as error:
-            log.warning("upstream model list failed: %r", error)
+            log.warning("upstream_model_list_failed", error=repr(error))
             raise UpstreamError("the upstream model list is unavailable") from error
 
     def _chat_model(self, model: str) -> ChatOpenAI:

@@ -24,20 +24,21 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import logging
 import random
 import re
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
+import structlog
 
 from core.settings import WebhookTarget
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 USER_AGENT = "approval-gateway-webhooks"
 RETRIED_STATUSES = frozenset({408, 429})
@@ -97,6 +98,14 @@ class Delivery:
     retry: asyncio.TimerHandle | None = None
     done: asyncio.Future[None] | None = None
     """Set when the delivery ends, delivered or not (for `deliver()`)."""
+
+    def fields(self) -> dict[str, str]:
+        """What a log line says of it."""
+        return {
+            "event_id": self.event_id,
+            "type": self.event_type,
+            "target": shown(self.target.url),
+        }
 
 
 class WebhookSender:
@@ -170,7 +179,7 @@ class WebhookSender:
             assert delivery.retry is not None
             delivery.retry.cancel()
         if self.pending:
-            log.warning("webhooks: %d deliveries dropped at shutdown", self.pending)
+            log.warning("webhooks_dropped_at_shutdown", deliveries=self.pending)
             self.dropped += self.pending
             self.pending = 0
         for delivery in self._open:  # queued, in flight or waiting: `deliver()` must not hang
@@ -215,13 +224,17 @@ class WebhookSender:
         try:
             body = orjson.dumps(event)
         except orjson.JSONEncodeError as error:
-            log.error("webhook event %s (%s) not sent: %s", event_id, event_type, error)
+            log.error(
+                "webhook_unserializable", event_id=event_id, type=event_type, error=str(error)
+            )
             return []
         queued = []
         for target in targets:
             if self._stopped or self.pending >= self.queue_size:
                 reason = "sender stopped" if self._stopped else "queue full"
-                log.warning("webhook %s to %s dropped: %s", event_id, target.url, reason)
+                log.warning(
+                    "webhook_dropped", event_id=event_id, target=shown(target.url), reason=reason
+                )
                 self.dropped += 1
                 continue
             self.pending += 1
@@ -244,7 +257,7 @@ class WebhookSender:
             try:
                 await self._attempt(client, delivery)
             except Exception:  # e.g. an invalid URL: retrying would not help
-                log.exception("webhook %s to %s failed", delivery.event_id, delivery.target.url)
+                log.exception("webhook_failed", **delivery.fields())
                 self._finish(delivery, delivered=False)
 
     async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
@@ -269,22 +282,13 @@ class WebhookSender:
         elif status >= 500 or status in RETRIED_STATUSES:
             self._retry_or_give_up(delivery, f"HTTP {status}", _retry_after_s(response))
         else:
-            log.warning(
-                "webhook %s to %s refused with HTTP %d; not retried",
-                delivery.event_id,
-                delivery.target.url,
-                status,
-            )
+            log.warning("webhook_refused", **delivery.fields(), status=status)  # not retried
             self._finish(delivery, delivered=False)
 
     def _retry_or_give_up(self, delivery: Delivery, reason: str, retry_after: float | None) -> None:
         if delivery.attempts >= self.max_attempts:
             log.warning(
-                "webhook %s to %s given up after %d attempts: %s",
-                delivery.event_id,
-                delivery.target.url,
-                delivery.attempts,
-                reason,
+                "webhook_given_up", **delivery.fields(), attempts=delivery.attempts, reason=reason
             )
             self._finish(delivery, delivered=False)
             return
@@ -292,7 +296,7 @@ class WebhookSender:
             delay = self.backoff_s(delivery.attempts)
         else:
             delay = min(retry_after, self.max_delay_s)
-        log.info("webhook %s: %s; retry in %.2fs", delivery.event_id, reason, delay)
+        log.info("webhook_retry", **delivery.fields(), reason=reason, delay_s=round(delay, 3))
         self.retried += 1
         self._waiting.add(delivery)
         delivery.retry = asyncio.get_running_loop().call_later(delay, self._requeue, delivery)
@@ -312,6 +316,13 @@ class WebhookSender:
             self._idle.set()
         if delivery.done is not None and not delivery.done.done():
             delivery.done.set_result(None)
+
+
+def shown(url: str) -> str:
+    """A receiver as logs show it: scheme and host only (a URL's user info, path or query
+    can carry a credential, as capability URLs do)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from core import logs
 from core.settings import OfflineModelSettings, Settings
 from offline_model.script import (
     Reply,
@@ -27,6 +30,8 @@ from offline_model.script import (
     text_pieces,
     word_count,
 )
+
+log = structlog.stdlib.get_logger(__name__)
 
 MODEL_ID = "offline-model"
 
@@ -251,7 +256,11 @@ def create_app(settings: OfflineModelSettings) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(logs.AccessLog)],
+        exception_handlers={HTTPException: http_error},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -260,8 +269,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on")
     parser.add_argument("--port", type=int, help="port to listen on")
     args = parser.parse_args(argv)
-    offline = Settings().offline
+    settings = Settings()
+    offline = settings.offline
     overrides = {key: value for key, value in vars(args).items() if value is not None}
     if overrides:
         offline = offline.model_copy(update=overrides)
-    uvicorn.run(create_app(offline), host=offline.host, port=offline.port, log_level="warning")
+    logs.configure(
+        "offline_model",
+        replica=f"{offline.host}:{offline.port}",
+        fmt=settings.log_format,
+        level=settings.log_level,
+        log_arguments=settings.log_arguments,
+    )
+    log.info("offline_model_starting", host=offline.host, port=offline.port)
+    app = create_app(offline)
+    # log_config=None: logs.configure's handler renders uvicorn's own records too.
+    uvicorn.run(app, host=offline.host, port=offline.port, log_config=None, log_level="warning")

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.logs import route_to_logging
 from deploy.cluster import raise_nofile_limit, render_nginx_conf
 from tests.hostile import HostileUpstream
 from tests.mediation import policy_file
@@ -28,6 +29,13 @@ from tests.tools import MEDIATION_POLICY
 
 TEST_POLICY = '{"lookupCapital": "auto", "forbiddenTool": "deny", "explode": "ask"}'
 _prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def events_through_logging() -> None:
+    """structlog's events go through `logging`, as in the processes (so `caplog` sees them,
+    each record's `msg` the event's fields)."""
+    route_to_logging()
 
 
 @pytest.fixture(scope="session", autouse=True)

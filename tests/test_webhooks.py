@@ -30,6 +30,11 @@ from tests.receivers import (
 SenderFactory = Callable[..., WebhookSender]
 
 
+def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The fields of each `event` logged (structlog's events reach `logging` as dicts)."""
+    return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg["event"] == event]
+
+
 @pytest.fixture
 async def make_sender() -> AsyncIterator[SenderFactory]:
     """Started senders with millisecond backoffs, stopped at the end of the test."""
@@ -167,7 +172,7 @@ async def test_client_error_is_not_retried(
 
     assert len(receiver.at("/strict")) == 1
     assert (sender.delivered, sender.failed, sender.pending) == (0, 1, 0)
-    assert "refused with HTTP 400; not retried" in caplog.text
+    assert [e["status"] for e in logged(caplog, "webhook_refused")] == [400]
 
 
 @pytest.mark.parametrize("status", [503, 429, 408])
@@ -182,7 +187,8 @@ async def test_max_attempts_is_respected(
 
     assert len(receiver.at("/down")) == 3
     assert (sender.delivered, sender.failed, sender.pending) == (0, 1, 0)
-    assert f"given up after 3 attempts: HTTP {status}" in caplog.text
+    given_up = logged(caplog, "webhook_given_up")
+    assert [(e["attempts"], e["reason"]) for e in given_up] == [(3, f"HTTP {status}")]
 
 
 async def test_network_errors_are_retried(
@@ -195,7 +201,8 @@ async def test_network_errors_are_retried(
     await sender.stop(grace_s=10)
 
     assert (sender.delivered, sender.failed) == (0, 1)
-    assert "given up after 2 attempts: ConnectError" in caplog.text
+    [given_up] = logged(caplog, "webhook_given_up")
+    assert given_up["attempts"] == 2 and given_up["reason"].startswith("ConnectError")
 
 
 async def test_retry_after_seconds_are_honoured(
@@ -278,7 +285,7 @@ async def test_full_queue_drops_with_a_warning(
 
     assert first is not None and second is not None and third is None
     assert (sender.pending, sender.dropped) == (2, 1)
-    assert "dropped: queue full" in caplog.text
+    assert [e["reason"] for e in logged(caplog, "webhook_dropped")] == ["queue full"]
 
 
 def test_emit_with_unserializable_data_returns_none() -> None:
@@ -301,7 +308,7 @@ async def test_stop_gives_up_on_what_grace_does_not_cover(
 
     assert time.monotonic() - started < 5
     assert (sender.pending, sender.dropped, sender.delivered) == (0, 2, 0)
-    assert "2 deliveries dropped at shutdown" in caplog.text
+    assert [e["deliveries"] for e in logged(caplog, "webhooks_dropped_at_shutdown")] == [2]
     assert sender.emit("approval.requested", SESSION) is None
 
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from worker.main import Worker
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 SHUTDOWN_TIMEOUT_S = 1.0
 """A probe or a scrape still open when the worker stops gets this long."""
 
@@ -50,7 +50,7 @@ async def health_port(worker: Worker, host: str, port: int) -> AsyncIterator[Non
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
-        log.info("worker %s serves /healthz and /metrics on %s:%d", worker.name, host, port)
+        log.info("health_port_serving", host=host, port=port)  # /healthz and /metrics
         yield
     finally:
         await runner.cleanup()
