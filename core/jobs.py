@@ -21,6 +21,8 @@ class Job:
     tool_call_id: str
     tool: str
     """The tool's name, so a worker knows its traits without reading the session."""
+    trace: str = ""
+    """The `traceparent` the worker's span joins (core.tracing; "" while traces are off)."""
 
 
 class JobQueue:
@@ -31,16 +33,16 @@ class JobQueue:
         self.keys = keys
         self.maxlen = maxlen
 
-    async def enqueue(self, session_id: str, calls: Iterable[tuple[str, str]]) -> None:
+    async def enqueue(
+        self, session_id: str, calls: Iterable[tuple[str, str]], trace: str = ""
+    ) -> None:
         """Queue `(tool_call_id, tool)` calls of one session (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for call_id, tool in calls:
-                pipe.xadd(
-                    self.keys.jobs,
-                    {"session_id": session_id, "tool_call_id": call_id, "tool": tool},
-                    maxlen=self.maxlen,
-                    approximate=True,
-                )
+                fields = {"session_id": session_id, "tool_call_id": call_id, "tool": tool}
+                if trace:
+                    fields["trace"] = trace
+                pipe.xadd(self.keys.jobs, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
             await pipe.execute()
 
     async def ensure_group(self) -> None:
@@ -96,4 +98,10 @@ class JobQueue:
 
 
 def _job(entry_id: str, fields: dict[str, str]) -> Job:
-    return Job(entry_id, fields["session_id"], fields["tool_call_id"], fields.get("tool", ""))
+    return Job(
+        entry_id,
+        fields["session_id"],
+        fields["tool_call_id"],
+        fields.get("tool", ""),
+        fields.get("trace", ""),
+    )

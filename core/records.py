@@ -243,6 +243,10 @@ class SessionRecord(BaseModel):
     continuation: Continuation
     log_id: str = ""
     """The run log this session's events go to ("" when its request is not a logged stream)."""
+    trace: str = ""
+    """The `traceparent` of the chat request's span ("" while traces are off: core.tracing)."""
+    wait_span: str = ""
+    """The span id chosen for the session's approval wait (core.tracing)."""
 
     @property
     def id(self) -> str:
@@ -287,7 +291,13 @@ class SessionRecord(BaseModel):
             if view_only
             else Continuation.model_validate_json(fields["continuation"])
         )
-        return cls(view=view, continuation=continuation, log_id=fields.get("log", ""))
+        return cls(
+            view=view,
+            continuation=continuation,
+            log_id=fields.get("log", ""),
+            trace=fields.get("trace", ""),
+            wait_span=fields.get("wait_span", ""),
+        )
 
 
 def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -> dict[str, str]:
@@ -313,6 +323,8 @@ def new_session_fields(record: SessionRecord, initial: Mapping[str, Decision]) -
         ).decode(),
         "continuation": continuation.model_dump_json(),
     }
+    if record.trace:
+        fields |= {"trace": record.trace, "wait_span": record.wait_span}
     for call in session.tool_calls:
         fields[f"status:{call.id}"] = call.status.value
         if call.id in initial:
