@@ -37,6 +37,10 @@ or null.
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -48,6 +52,24 @@ _TYPES = {
     415: "invalid_request_error",
     429: "rate_limit_error",
 }
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, as OpenAI describes an error."""
+
+    message: str
+    type: str
+    """OpenAI's kind of error for the status (`invalid_request_error`, ...)."""
+    param: str | None
+    """The request field at fault, or null."""
+    code: str
+    """The stable code of the error's class (the tree above)."""
+
+
+class ErrorBody(BaseModel):
+    """Every error response's JSON body."""
+
+    error: ErrorDetail
 
 
 class GatewayError(Exception):
@@ -67,16 +89,10 @@ class GatewayError(Exception):
         """OpenAI's kind of error for this status."""
         return _TYPES.get(self.status_code, "server_error")
 
-    def body(self) -> dict[str, dict[str, str | None]]:
+    def body(self) -> dict[str, Any]:
         """The JSON error body, as OpenAI writes it."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorBody(error=detail).model_dump()
 
 
 class InvalidRequest(GatewayError):

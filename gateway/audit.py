@@ -13,24 +13,52 @@ import argparse
 import asyncio
 import re
 import sys
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.audit import AuditLog
 from core.connect import connect
-from core.errors import InvalidRequest
+from core.errors import Forbidden, InvalidRequest, RedisUnavailable
 from core.keys import Keys
 from core.settings import Settings
 from gateway.auth import principal_of
 from gateway.conversation import Engine
+from gateway.openapi import Operation, Param, Reply
 from gateway.requests import query_int
 
 _FILTERS = ("session", "tool", "actor", "event")
 _ENTRY_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
 _MAX_ID_PART = 2**63 - 1
 _SECONDS = re.compile(r"([0-9]{1,12})(?:\.([0-9]+))?")
+
+
+class AuditEntryView(BaseModel):
+    """One audit entry, as the API, the feed and the export show it (`core.audit.as_json`)."""
+
+    id: str
+    """The stream entry id (`<unix ms>-<n>`): orders entries, and pages with `after`."""
+    at: float
+    """Unix seconds."""
+    event: str
+    session: str
+    tool: str
+    call: str
+    actor: str
+    tenant: str
+    detail: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    """`GET /v1/audit`: entries in time order."""
+
+    object: Literal["list"] = "list"
+    data: list[AuditEntryView]
+    last_id: str | None
+    """The last entry's id: the next page's `after` (null when the page is empty)."""
 
 
 async def list_audit(request: Request) -> JSONResponse:
@@ -51,7 +79,8 @@ async def list_audit(request: Request) -> JSONResponse:
         accept=lambda entry: all(entry.get(name) == value for name, value in wanted.items()),
     )
     last = found[-1]["id"] if found else None
-    return JSONResponse({"object": "list", "data": found, "last_id": last})
+    page = AuditPage.model_validate({"data": found, "last_id": last})
+    return JSONResponse(page.model_dump())
 
 
 def entry_id(raw: str | None, name: str) -> str | None:
@@ -114,6 +143,31 @@ def main() -> None:
     args = parser.parse_args()
     count = asyncio.run(export(Settings(), args.since, args.until, args.tenant))
     print(f"exported {count} audit entries", file=sys.stderr)
+
+
+_LIMIT_PARAM = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+_ENTRY_ID_PARAM = {"type": "string", "pattern": f"^(?:{_ENTRY_ID.pattern})$"}
+_SECONDS_PARAM = {"type": "string", "pattern": f"^(?:{_SECONDS.pattern})$"}
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/v1/audit",
+        "Audit entries, filtered and paged, in time order",
+        {200: Reply("A page of entries", AuditPage)},
+        description="Approvers read their own tenant's entries; admins every tenant's, merged "
+        "(or one with `tenant`). A page holds `limit` entries, or a few more when entries of "
+        "other tenants share the last one's id, so that `after` never skips them.",
+        params=(
+            Param("limit", "Entries per page", schema=_LIMIT_PARAM),
+            Param("after", "The last entry id seen (`<ms>-<n>`)", schema=_ENTRY_ID_PARAM),
+            *(Param(name, f"Only entries whose `{name}` is this") for name in _FILTERS),
+            Param("since", "From this unix time in seconds", schema=_SECONDS_PARAM),
+            Param("until", "Up to this unix time in seconds", schema=_SECONDS_PARAM),
+            Param("tenant", "An admin's choice of one tenant"),
+        ),
+        errors=(InvalidRequest, Forbidden, RedisUnavailable),
+    ),
+)
 
 
 if __name__ == "__main__":

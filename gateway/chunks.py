@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from openai.types.chat import ChatCompletionChunk
+from pydantic.json_schema import SkipJsonSchema
 
 from core.records import ApprovalSession
 from gateway import sse
@@ -30,6 +32,22 @@ from gateway.events import (
     StreamFailed,
     ToolEvent,
 )
+
+
+class StreamChunk(ChatCompletionChunk):
+    """What a streamed chunk holds (the schema of what `ChunkWriter` writes): OpenAI's
+    `chat.completion.chunk`, with gateway information in extra fields of chunks whose delta
+    is empty."""
+
+    approval: ApprovalSession | SkipJsonSchema[None] = None
+    """The session, when calls wait for a decision (and again if it expires)."""
+    tool_event: dict[str, Any] | SkipJsonSchema[None] = None
+    """A server-side call's progress: `{"type": "executing" | "result" | "rejected" | "error",
+    "tool_call_id", "name", ...}`."""
+    resumed: dict[str, str] | SkipJsonSchema[None] = None
+    """`{"replica"}`: another replica took the run over."""
+    reattach: dict[str, str] | SkipJsonSchema[None] = None
+    """`{"url", "last_event_id"}`: continue there; `[DONE]` follows."""
 
 
 @dataclass(frozen=True, slots=True)

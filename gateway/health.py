@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import SkipJsonSchema
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.connect import UNAVAILABLE_ERRORS
 from gateway.conversation import Engine
+from gateway.openapi import Operation, Reply
+
+
+class Liveness(BaseModel):
+    """The process answers."""
+
+    status: Literal["alive"] = "alive"
+
+
+class Readiness(BaseModel):
+    """Whether Redis answers within its bound."""
+
+    status: Literal["ready", "unavailable"]
+    redis: str
+    """`ok`, or `unreachable: <why>`."""
+    held_streams: int | SkipJsonSchema[None] = None
+    """Streams this replica holds (when ready)."""
+    auth: str | SkipJsonSchema[None] = None
+    """Said only when no API keys are configured: the gateway is open."""
 
 
 async def healthz(request: Request) -> JSONResponse:
     """The process answers."""
-    return JSONResponse({"status": "alive"})
+    return JSONResponse(Liveness().model_dump())
 
 
 _NOT_READY: tuple[type[Exception], ...] = (RedisError, OSError, *UNAVAILABLE_ERRORS)
@@ -24,9 +47,32 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         await engine.store.redis.ping()
     except _NOT_READY as error:
-        body = {"status": "unavailable", "redis": f"unreachable: {error}"}
-        return JSONResponse(body, status_code=503)
-    body = {"status": "ready", "redis": "ok", "held_streams": request.app.state.stream_slots.held}
+        body = Readiness(status="unavailable", redis=f"unreachable: {error}")
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
+    body = Readiness(status="ready", redis="ok", held_streams=request.app.state.stream_slots.held)
     if request.app.state.authenticator.open:
-        body["auth"] = "OPEN: no API keys are configured; anyone can chat and approve"
-    return JSONResponse(body)
+        body.auth = "OPEN: no API keys are configured; anyone can chat and approve"
+    return JSONResponse(body.model_dump(exclude_none=True))
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/healthz",
+        "Liveness: the process answers",
+        {200: Reply("Alive", Liveness)},
+        keyed=False,
+        tag="health",
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        "Readiness: Redis answers within its bound",
+        {
+            200: Reply("Ready", Readiness),
+            503: Reply("Redis does not answer", Readiness),
+        },
+        keyed=False,
+        tag="health",
+    ),
+)

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from core.errors import NotFound
+from gateway.openapi import Operation, Param, Reply
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {
@@ -57,3 +58,25 @@ async def asset(request: Request) -> Response:
     if media_type is None:
         raise NotFound(f"no inbox file {name!r}")
     return FileResponse(STATIC / name, media_type=media_type, headers=HEADERS)
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/inbox",
+        "The approver's web page (docs/inbox.md)",
+        {200: Reply("The page; it asks for a key and keeps it in the tab", text=("text/html",))},
+        keyed=False,
+        tag="inbox",
+    ),
+    Operation(
+        "GET",
+        "/inbox/{name}",
+        "A file of the inbox page",
+        {200: Reply("The file", text=tuple(sorted({t.split(";")[0] for t in ASSETS.values()})))},
+        params=(Param("name", f"One of {', '.join(sorted(ASSETS))}", "path"),),
+        errors=(NotFound,),
+        keyed=False,
+        tag="inbox",
+    ),
+)

@@ -25,6 +25,7 @@ from core.connect import REDIS_ERRORS
 from core.errors import UpstreamError
 from core.records import ApprovalSession, CallStatus, Decision
 from core.store import SessionStore
+from gateway.openapi import Operation, Reply
 
 PREFIX = "approval_gateway"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -259,3 +260,16 @@ async def metrics_page(request: Request) -> Response:
     metrics: Metrics = request.app.state.metrics
     await metrics.refresh_pending(request.app.state.engine.store)
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/metrics",
+        "This replica's metrics, in Prometheus's text format",
+        {200: Reply("The metrics (docs/metrics.md)", text=("text/plain",))},
+        description="No key: scrape each replica directly, off the public balancer.",
+        keyed=False,
+        tag="health",
+    ),
+)

@@ -7,13 +7,16 @@ minute), and the default model when the upstream has none to give.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.errors import NotFound, UpstreamError
 from gateway.auth import principal_of
 from gateway.conversation import Engine
+from gateway.openapi import Operation, Param, Reply
 
 CACHE_S = 60.0
 
@@ -41,16 +44,29 @@ class ModelList:
         return self._cached
 
 
-def _model(model_id: str, created: int) -> dict[str, object]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "approval-gateway"}
+class ModelCard(BaseModel):
+    """One model, as OpenAI's `model` object."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    """When this replica started (unix seconds)."""
+    owned_by: Literal["approval-gateway"] = "approval-gateway"
+
+
+class ModelCards(BaseModel):
+    """`GET /v1/models`: OpenAI's list of models."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
 
 
 async def list_models(request: Request) -> JSONResponse:
     principal_of(request)  # any known key
     models: ModelList = request.app.state.models
     created = int(request.app.state.started_at)
-    data = [_model(model_id, created) for model_id in await models.ids()]
-    return JSONResponse({"object": "list", "data": data})
+    data = [ModelCard(id=model_id, created=created) for model_id in await models.ids()]
+    return JSONResponse(ModelCards(data=data).model_dump())
 
 
 async def get_model(request: Request) -> JSONResponse:
@@ -59,4 +75,25 @@ async def get_model(request: Request) -> JSONResponse:
     model_id = request.path_params["model_id"]
     if model_id not in await models.ids():
         raise NotFound(f"the model {model_id!r} does not exist", "model")
-    return JSONResponse(_model(model_id, int(request.app.state.started_at)))
+    created = int(request.app.state.started_at)
+    return JSONResponse(ModelCard(id=model_id, created=created).model_dump())
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/v1/models",
+        "The models this gateway offers",
+        {200: Reply("OpenAI's list of models", ModelCards)},
+        description="`GATEWAY_MODELS` when set; otherwise the upstream's list (cached for a "
+        "minute), or the default model when the upstream has none to give. Any known key.",
+    ),
+    Operation(
+        "GET",
+        "/v1/models/{model_id:path}",
+        "One model the gateway offers",
+        {200: Reply("The model", ModelCard)},
+        params=(Param("model_id", "A model id from the list (it may hold `/`)", "path"),),
+        errors=(NotFound,),
+    ),
+)

@@ -80,18 +80,26 @@ def validate(model: type[_M], data: Any) -> _M:
         raise InvalidRequest(f"{where}: {first['msg']}", param) from error
 
 
-class FunctionCall(BaseModel):
+class StrictBody(BaseModel):
+    """A request body of the gateway's own API: JSON types exactly as its document says
+    (no `"1"` for 1, no 0 for false), as OpenAI's API takes them. The first version's
+    bodies keep their lenient reading for their clients."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class FunctionCall(StrictBody):
     name: str
     arguments: str
 
 
-class MessageToolCall(BaseModel):
+class MessageToolCall(StrictBody):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(StrictBody):
     """One message of an OpenAI chat request."""
 
     model_config = ConfigDict(extra="ignore")
@@ -106,19 +114,19 @@ class ChatMessage(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
-class FunctionDefinition(BaseModel):
+class FunctionDefinition(StrictBody):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str = ""
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None
 
 
-class ClientTool(BaseModel):
+class ClientTool(StrictBody):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(StrictBody):
     include_usage: bool = False
 
 
@@ -126,7 +134,7 @@ _HANDLED = frozenset({"model", "messages", "stream", "stream_options", "tools", 
 """Fields the gateway acts on itself rather than passing on."""
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(StrictBody):
     """`POST /v1/chat/completions`. Fields the gateway does not know are kept, and those
     in `upstream_fields` go to the upstream as they are."""
 
@@ -191,7 +199,7 @@ class LegacyApproveRequest(BaseModel):
     approved: bool
 
 
-class Grant(BaseModel):
+class Grant(StrictBody):
     """With an approval: allow this tool without asking, in this conversation, for a while."""
 
     model_config = ConfigDict(extra="forbid")
@@ -202,7 +210,7 @@ class Grant(BaseModel):
     """Only calls with exactly these arguments (by hash) are covered; false covers any."""
 
 
-class CallDecision(BaseModel):
+class CallDecision(StrictBody):
     """One call's decision in `{"calls": [...]}`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -233,7 +241,7 @@ class CallDecision(BaseModel):
         return self
 
 
-class DecisionRequest(BaseModel):
+class DecisionRequest(StrictBody):
     """`POST /v1/approvals/{id}/decision`: one decision for every pending call, or per call."""
 
     model_config = ConfigDict(extra="forbid")
