@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import logging
 import os
 import secrets
 import socket
@@ -13,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core import tracing
 from core.audit import AuditLog
 from core.connect import UNAVAILABLE_ERRORS, connect
 from core.errors import (
@@ -37,6 +38,7 @@ from core.handoffs import Handoffs
 from core.idempotency import IdempotentRequests
 from core.jobs import JobQueue
 from core.keys import Keys
+from core.logs import AccessLog
 from core.outbox import Outbox
 from core.runlog import CLUSTER_RENEWALS, RunLog
 from core.settings import Settings
@@ -53,8 +55,10 @@ from gateway import (
     inbox,
     legacy,
     models,
+    openapi,
     reattach,
 )
+from gateway import metrics as replica_metrics
 from gateway.auth import Authenticator
 from gateway.conversation import Engine
 from gateway.hosts import HostGuard
@@ -64,30 +68,57 @@ from gateway.request_ids import RequestIds
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
+from gateway.traces import TracedRequests
 from gateway.upstream import make_upstream
 from gateway.webhooks import WebhookSender
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 LEGACY_PATHS = frozenset({"/v1/chat/completion", "/v1/chat/approve"})
+OPERATIONS = (
+    *completions.OPERATIONS,
+    *models.OPERATIONS,
+    *approvals.OPERATIONS,
+    *feed.OPERATIONS,
+    *reattach.OPERATIONS,
+    *audit.OPERATIONS,
+    *auth.OPERATIONS,
+    *legacy.OPERATIONS,
+    *health.OPERATIONS,
+    *replica_metrics.OPERATIONS,
+    *inbox.OPERATIONS,
+    *openapi.OPERATIONS,
+)
+"""What `GET /openapi.json` describes: every route below (tests/test_openapi.py checks)."""
+API_DESCRIPTION = (
+    "An OpenAI-compatible gateway that holds risky LLM tool calls for a human decision. "
+    "Generated from the code's own models (gateway/openapi.py)."
+)
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The gateway's ASGI app for one replica."""
+def new_runner_id() -> str:
+    """A replica's id: in its Redis client names, run leases and every log line (`replica`)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def create_app(settings: Settings, runner_id: str = "") -> Starlette:
+    """The gateway's ASGI app for one replica (`runner_id`: a new one unless given)."""
     keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
     toolbox = ToolBox.from_settings(settings)
-    runner_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    runner_id = runner_id or new_runner_id()
     authenticator = Authenticator(settings.api_keys)
     tenants = {key.tenant for key in settings.api_keys} or {"default"}
     metrics = Metrics(tenants, toolbox.tools)
     if authenticator.open:
         log.warning(
-            "NO API KEYS CONFIGURED: the gateway is OPEN; anyone who reaches it can chat and "
-            "approve tool calls. Set GATEWAY_API_KEYS (see README, Authentication)."
+            "no_api_keys",
+            message="NO API KEYS CONFIGURED: the gateway is OPEN; anyone who reaches it can "
+            "chat and approve tool calls. Set GATEWAY_API_KEYS (see README, Authentication).",
         )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tracing.configure("approval-gateway", runner_id)
         redis = connect(settings, f"gateway:{runner_id}")
         audit_log = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
         outbox = Outbox(
@@ -170,7 +201,7 @@ def create_app(settings: Settings) -> Starlette:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
-        log.info("replica %s ready: %d server-side tools", runner_id, len(toolbox.tools))
+        log.info("replica_ready", tools=len(toolbox.tools))
         try:
             yield
         finally:
@@ -184,6 +215,7 @@ def create_app(settings: Settings) -> Starlette:
             await upstream.aclose()
             await background.aclose()
             await redis.aclose()
+            tracing.shutdown()
 
     routes = [
         Route("/v1/chat/completions", completions.chat_completions, methods=["POST"]),
@@ -204,6 +236,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_page, methods=["GET"]),
         Route("/inbox", inbox.page, methods=["GET"]),
         Route("/inbox/{name}", inbox.asset, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
     ]
     exception_handlers = {
         GatewayError: _gateway_error,
@@ -216,8 +249,11 @@ def create_app(settings: Settings) -> Starlette:
     middleware = [
         Middleware(HttpMetrics, metrics=metrics),
         Middleware(RequestIds),
+        Middleware(AccessLog),
         Middleware(UnexpectedErrors),
     ]
+    if tracing.wanted():
+        middleware.insert(2, Middleware(TracedRequests))  # inside RequestIds: ids are known
     if settings.allowed_hosts or authenticator.open:
         middleware.append(guard)
     if settings.cors_origins:
@@ -229,6 +265,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=exception_handlers,
     )
     app.state.metrics = metrics
+    app.state.openapi = openapi.rendered(OPERATIONS, "Approval gateway", API_DESCRIPTION)
     return app
 
 
@@ -260,7 +297,7 @@ class UnexpectedErrors:
         except Exception:
             if started:
                 raise
-            log.exception("unexpected error on %s %s", scope["method"], scope["path"])
+            log.exception("unexpected_error", method=scope["method"], path=scope["path"])
             unexpected = GatewayError("the gateway failed unexpectedly; the error is logged")
             await error_response(scope["path"], unexpected)(scope, receive, send)
 
@@ -289,7 +326,7 @@ async def _gateway_error(request: Request, error: Exception) -> Response:
 
 
 async def _redis_error(request: Request, error: Exception) -> Response:
-    log.warning("redis unavailable: %s", error)
+    log.warning("redis_unavailable", error=str(error))
     request.app.state.metrics.redis_failed()
     return await _gateway_error(request, RedisUnavailable(f"redis is unavailable: {error}"))
 
@@ -298,4 +335,6 @@ async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, HTTPException)
     kinds: dict[int, type[GatewayError]] = {404: NotFound, 405: MethodNotAllowed}
     kind = kinds.get(error.status_code, InvalidRequest if error.status_code < 500 else GatewayError)
-    return error_response(request.url.path, kind(error.detail))
+    response = error_response(request.url.path, kind(error.detail))
+    response.headers.update(error.headers or {})  # a 405's `Allow` (RFC 9110 requires it)
+    return response

@@ -10,19 +10,83 @@ must fit). Only an approver and the session's own requester see the context.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import orjson
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.errors import InvalidRequest
+from core.errors import (
+    BodyTooLarge,
+    DecisionConflict,
+    EditRefused,
+    Forbidden,
+    HashMismatch,
+    InvalidArguments,
+    InvalidRequest,
+    RedisUnavailable,
+    SelfApproval,
+    SessionExpired,
+    SessionNotFound,
+    UnknownToolCall,
+    UnsupportedMediaType,
+)
 from core.records import ApprovalSession, SessionRecord
-from gateway import decisions
+from gateway import decisions, traces
 from gateway.auth import Principal, principal_of
 from gateway.conversation import Engine
+from gateway.openapi import Operation, Param, Reply
 from gateway.opening import provenance_of
 from gateway.requests import DecisionRequest, query_int, read_json, validate
+
+
+class TextItem(BaseModel):
+    """A message's text, cut at `MAX_CONTEXT_CHARS`."""
+
+    text: str
+    truncated: bool
+
+
+class PriorToolResult(BaseModel):
+    """A tool result in the conversation since its last user message."""
+
+    tool_call_id: str
+    name: str
+    untrusted: bool
+    """The tool's output may carry text the model should not obey."""
+    text: str
+    truncated: bool
+
+
+class ApprovalContext(BaseModel):
+    """What led to the calls."""
+
+    user_message: TextItem | None
+    assistant_text: TextItem | None
+    """The model's text before the calls."""
+    tool_results: list[PriorToolResult]
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class ShownSession(ApprovalSession):
+    """An approval session as the approvals API shows it to one caller: `context` and
+    `schemas` only to an approver and its requester, and only where they are asked for."""
+
+    context: ApprovalContext | SkipJsonSchema[None] = Field(default=None, exclude_if=_absent)
+    schemas: dict[str, Any] | SkipJsonSchema[None] = Field(default=None, exclude_if=_absent)
+    """Each called tool's JSON Schema for its arguments, by tool name."""
+
+
+class SessionPage(BaseModel):
+    """`GET /v1/approvals`: pending sessions, soonest deadline first."""
+
+    object: Literal["list"] = "list"
+    data: list[ShownSession]
 
 
 async def list_approvals(request: Request) -> JSONResponse:
@@ -49,12 +113,12 @@ async def list_approvals(request: Request) -> JSONResponse:
         raise InvalidRequest("include: only 'context' can be included", param="include")
     shown_sessions = [shown(principal, s) for s in sessions]
     if include:
-        readable = [view["id"] for view in shown_sessions if _may_read_context(principal, view)]
+        readable = [view.id for view in shown_sessions if _may_read_context(principal, view)]
         full = {record.id: record for record in await engine.store.get_many(readable)}
         for view in shown_sessions:
-            if view["id"] in full:  # (a session gone since the list was read has none)
-                view.update(explained(engine, full[view["id"]]))
-    return JSONResponse({"object": "list", "data": shown_sessions})
+            if view.id in full:  # (a session gone since the list was read has none)
+                explain(engine, view, full[view.id])
+    return JSONResponse(SessionPage(data=shown_sessions).model_dump(mode="json"))
 
 
 async def get_approval(request: Request) -> JSONResponse:
@@ -66,12 +130,12 @@ async def get_approval(request: Request) -> JSONResponse:
     principal.require_sees(record.view)
     view = shown(principal, record.view)
     if _may_read_context(principal, view):  # only then is the conversation read
-        view.update(explained(engine, await engine.store.get(session_id)))
-    return JSONResponse(view)
+        explain(engine, view, await engine.store.get(session_id))
+    return JSONResponse(view.model_dump(mode="json"))
 
 
-def _may_read_context(principal: Principal, view: Mapping[str, Any]) -> bool:
-    return principal.has("approver") or principal.name == view["requester"]
+def _may_read_context(principal: Principal, view: ApprovalSession) -> bool:
+    return principal.has("approver") or principal.name == view.requester
 
 
 MAX_CONTEXT_CHARS = 4000
@@ -83,8 +147,8 @@ MAX_SCHEMA_BYTES = 64 * 1024
 that call as exact JSON, still checked by the server against the whole schema."""
 
 
-def explained(engine: Engine, record: SessionRecord) -> dict[str, Any]:
-    """`context` and `schemas` of a session read with its conversation."""
+def explain(engine: Engine, view: ShownSession, record: SessionRecord) -> None:
+    """Add `context` and `schemas` to `view`, from its session read with its conversation."""
     messages = record.continuation.messages
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     before_calls = messages[-1] if messages and messages[-1].get("role") == "assistant" else {}
@@ -96,31 +160,28 @@ def explained(engine: Engine, record: SessionRecord) -> dict[str, Any]:
             continue
         origin = next(origins)
         if index > last_user:
+            item = _text_item(message.get("content"))
             results.append(
-                {
-                    "tool_call_id": origin.tool_call_id,
-                    "name": origin.name,
-                    "untrusted": origin.untrusted,
-                }
-                | _text_item(message.get("content"))
+                PriorToolResult(
+                    tool_call_id=origin.tool_call_id,
+                    name=origin.name,
+                    untrusted=origin.untrusted,
+                    text=item.text,
+                    truncated=item.truncated,
+                )
             )
-    results = results[-MAX_CONTEXT_RESULTS:]
-    return {
-        "context": {
-            "user_message": _text_item(messages[last_user].get("content"))
-            if last_user >= 0
-            else None,
-            "assistant_text": _text_item(before_calls.get("content")) if before_calls else None,
-            "tool_results": results,
-        },
-        "schemas": _schemas(engine, record),
-    }
+    view.context = ApprovalContext(
+        user_message=_text_item(messages[last_user].get("content")) if last_user >= 0 else None,
+        assistant_text=_text_item(before_calls.get("content")) if before_calls else None,
+        tool_results=results[-MAX_CONTEXT_RESULTS:],
+    )
+    view.schemas = _schemas(engine, record)
 
 
-def _text_item(content: object) -> dict[str, Any]:
+def _text_item(content: object) -> TextItem:
     text = _text_of(content)
     cut = len(text) > MAX_CONTEXT_CHARS
-    return {"text": text[:MAX_CONTEXT_CHARS] if cut else text, "truncated": cut}
+    return TextItem(text=text[:MAX_CONTEXT_CHARS] if cut else text, truncated=cut)
 
 
 def _text_of(content: object) -> str:
@@ -152,12 +213,12 @@ def _schemas(engine: Engine, record: SessionRecord) -> dict[str, Any]:
     return schemas
 
 
-def shown(principal: Principal, session: ApprovalSession) -> dict[str, Any]:
+def shown(principal: Principal, session: ApprovalSession) -> ShownSession:
     """A session as `principal` may see it: a requester sees the conversation id (what
     grants are scoped to) of its own sessions only."""
-    view = session.model_dump(mode="json")
+    view = ShownSession.model_construct(**dict(session))
     if principal.name != session.requester and not principal.has("approver"):
-        view["conversation"] = ""
+        view.conversation = ""
     return view
 
 
@@ -167,4 +228,71 @@ async def decide(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
     body = validate(DecisionRequest, await read_json(request, engine.settings.max_body_bytes))
     record = await decisions.decide(engine, principal, request.path_params["session_id"], body)
+    traces.decided(record, body, principal.name)
     return JSONResponse(record.view.model_dump(mode="json"))
+
+
+_SESSION_ID = Param("session_id", "An approval session's id (`as_...`)", "path")
+_READ_ERRORS = (Forbidden, SessionNotFound, RedisUnavailable)
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/v1/approvals",
+        "Pending approval sessions, soonest deadline first",
+        {
+            200: Reply(
+                "The caller's tenant's pending sessions (every tenant's for an admin)", SessionPage
+            )
+        },
+        description="Needs the role `requester` or `approver`.",
+        params=(
+            Param("status", "Only `pending` can be listed", schema={"enum": ["pending"]}),
+            Param(
+                "limit",
+                "At most this many",
+                schema={"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            ),
+            Param("conversation", "Only this conversation's (its issued id, or its label)"),
+            Param("request_id", "Only those the chat request with this `X-Request-Id` opened"),
+            Param(
+                "include",
+                "`context`: add `context` and `schemas` where the caller may read them",
+                schema={"enum": ["", "context"]},
+            ),
+        ),
+        errors=(InvalidRequest, *_READ_ERRORS),
+    ),
+    Operation(
+        "GET",
+        "/v1/approvals/{session_id}",
+        "One approval session, with its context for approvers and its requester",
+        {200: Reply("The session", ShownSession)},
+        description="Needs the role `requester` or `approver`, in the session's tenant "
+        "(another tenant's session is `404`).",
+        params=(_SESSION_ID,),
+        errors=_READ_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/v1/approvals/{session_id}/decision",
+        "Decide every pending call one way, or each call its own way",
+        {200: Reply("The session after the decision (unchanged for a repeat)", ApprovalSession)},
+        description="Needs the role `approver` (and what the tool's policy asks). Every item "
+        "is checked before any is applied: one bad item refuses the whole post.",
+        body=DecisionRequest,
+        params=(_SESSION_ID,),
+        errors=(
+            InvalidRequest,
+            UnknownToolCall,
+            InvalidArguments,
+            BodyTooLarge,
+            UnsupportedMediaType,
+            SelfApproval,
+            EditRefused,
+            DecisionConflict,
+            HashMismatch,
+            SessionExpired,
+            *_READ_ERRORS,
+        ),
+    ),
+)

@@ -8,17 +8,35 @@ keep working. From its first approval notice on, a streamed request becomes a ru
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+import structlog
 from jsonschema.exceptions import SchemaError
+from openai.types.chat import ChatCompletion
+from pydantic.json_schema import SkipJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.errors import GatewayError, InvalidRequest, Unavailable
-from core.records import SessionStatus
+from core import tracing
+from core.errors import (
+    BodyTooLarge,
+    DecisionConflict,
+    Forbidden,
+    GatewayError,
+    HistoryMismatch,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    Overloaded,
+    RedisUnavailable,
+    Unavailable,
+    UnsupportedMediaType,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+)
+from core.records import ApprovalSession, SessionStatus
 from gateway import sse
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter
@@ -36,18 +54,27 @@ from gateway.events import (
 )
 from gateway.handoff import restore_history
 from gateway.idempotent import Retry
+from gateway.openapi import Operation, Param, Reply
 from gateway.opening import client_checkers
+from gateway.reattach import CHUNKS
 from gateway.request_ids import request_id_of
 from gateway.requests import ChatCompletionRequest, read_json, validate
 from gateway.runs import RunRegistry
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 NOTICE_HEADER = "x-approval-notice"
 """`content`: also say the approval notice as a content delta; `chunk`: only the extra field."""
 
 CONVERSATION_HEADER = "X-Conversation-Id"
 """Response header with the conversation id grants are scoped to; send it back to keep them."""
+
+
+class Completion(ChatCompletion):
+    """A non-streamed answer (the schema of what `_complete` builds): OpenAI's
+    `chat.completion`, with the approval session of its last round that waited."""
+
+    approval: ApprovalSession | SkipJsonSchema[None] = None
 
 
 async def chat_completions(request: Request) -> Response:
@@ -79,6 +106,7 @@ async def chat_completions(request: Request) -> Response:
         conversation=conversation,
         conversation_label=label,
         request_id=request_id_of(request.scope),
+        trace=tracing.traceparent(),
     )
     messages = [m.as_dict() for m in body.messages]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -150,7 +178,7 @@ async def _stream(
                     try:
                         await retry.became_run(run.log_id)
                     except sse.STREAM_ERRORS as failure:  # the run goes on; its retry waits
-                        log.warning("run %s not recorded for retries: %s", run.log_id, failure)
+                        log.warning("run_retry_not_recorded", run=run.log_id, error=str(failure))
                 async for items in run.listen(seq):
                     yield chunks.items(items)
                 return
@@ -161,7 +189,9 @@ async def _stream(
                 yield chunks.render(seq, event)
     except sse.STREAM_ERRORS as raised:
         error = sse.as_gateway_error(raised)
-        log.warning("stream %s ended by %s: %s", meta.completion_id, error.code, error.message)
+        log.warning(
+            "stream_failed", completion=meta.completion_id, code=error.code, error=error.message
+        )
         seq += 1
         yield chunks.render(seq, StreamFailed.of(error))
     if retry is not None:
@@ -208,3 +238,55 @@ async def _complete(
         record = await engine.store.get(session_id)
         completion["approval"] = record.view.model_dump(mode="json")
     return completion
+
+
+OPERATIONS = (
+    Operation(
+        "POST",
+        "/v1/chat/completions",
+        "OpenAI Chat Completions, with risky tool calls held for a decision",
+        {
+            200: Reply(
+                "`stream: false`: one `chat.completion`, after any decision. `stream: true`: "
+                "`chat.completion.chunk` events, each with its sequence number as `id:`, "
+                "gateway information in extra fields of chunks whose delta is empty "
+                "(`approval`, `tool_event`, `resumed`, `reattach`), `: heartbeat` comments "
+                'while held, an error as `data: {"error": ...}`, then `data: [DONE]`',
+                Completion,
+                stream=CHUNKS,
+                headers={
+                    CONVERSATION_HEADER: "The conversation grants are scoped to (not on the "
+                    "answer to a retry, which replays the first request's)"
+                },
+            )
+        },
+        description="Needs the role `requester`. Server-side tools are offered to the model "
+        "and their calls classified by policy; client tools pass through.",
+        body=ChatCompletionRequest,
+        params=(
+            Param(CONVERSATION_HEADER, "The conversation this request belongs to", "header"),
+            Param("Idempotency-Key", "A retry with this key is the same request", "header"),
+            Param(
+                NOTICE_HEADER,
+                "`content`: also say an approval notice as text; `chunk`: only as a field; "
+                "otherwise as `GATEWAY_APPROVAL_NOTICE_AS_CONTENT` says",
+                "header",
+            ),
+        ),
+        errors=(
+            InvalidRequest,
+            BodyTooLarge,
+            UnsupportedMediaType,
+            Forbidden,
+            HistoryMismatch,
+            IdempotencyKeyReused,
+            DecisionConflict,
+            UpstreamError,
+            UpstreamRejected,
+            UpstreamRateLimited,
+            Unavailable,
+            Overloaded,
+            RedisUnavailable,
+        ),
+    ),
+)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import structlog
 
 from core.audit import AuditLog
 from core.connect import UNAVAILABLE_ERRORS
@@ -36,6 +37,7 @@ from core.settings import Settings
 from core.store import Claim, SessionStore
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, Waiter, WakeupHub
+from gateway import traces
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
@@ -55,7 +57,7 @@ from gateway.upstream import TurnEnd, Upstream
 from gateway.webhooks import WebhookSender
 
 HEARTBEAT = Heartbeat()
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -107,6 +109,9 @@ class ChatContext:
     """What the client sent as `X-Conversation-Id` when it was not an id issued to it."""
     request_id: str = ""
     """The request's `X-Request-Id`, kept on its sessions."""
+    trace: str = ""
+    """The `traceparent` of the chat request's span: the parent of the conversation's spans
+    (gateway.traces), kept on its sessions so any replica continues the trace."""
 
     @classmethod
     def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
@@ -123,6 +128,7 @@ class ChatContext:
             conversation=record.view.conversation,
             conversation_label=record.view.conversation_label,
             request_id=record.view.request_id,
+            trace=record.trace,
         )
 
 
@@ -147,7 +153,10 @@ async def converse(
         tools = [*engine.toolbox.schemas, *ctx.client_tools] if offer_tools else []
         turn = TurnEnd()
         text: list[str] = []
-        with engine.metrics.upstream_turn() as timing:
+        with (
+            engine.metrics.upstream_turn() as timing,
+            traces.upstream_turn(ctx.trace, ctx.model) as span,
+        ):
             async for pieces in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
                 if isinstance(pieces, TurnEnd):
                     turn = pieces
@@ -157,6 +166,7 @@ async def converse(
                     text += pieces
                     answer += pieces
                     yield TextPieces(pieces)
+            traces.turn_ended(span, turn)
         usage.add(turn)
         if not turn.calls:
             await _remember_taint(engine, ctx, messages, "".join(answer), [])
@@ -206,6 +216,8 @@ async def resume(
     """Continue a session here: wait for its decision if it is pending, run its tools, then
     the model. With a lease `token`, take over from a runner that stopped mid-way."""
     record = await engine.store.get(session_id)
+    if token:
+        traces.run_event("run takeover", record, token=token, replica=engine.runner_id)
     messages: list[dict[str, Any]] = []
     async for event in _decide_then_run(engine, record, messages, token):
         if isinstance(event, ReleasedToClient):
@@ -235,6 +247,7 @@ async def _decide_then_run(
         if record.status is SessionStatus.PENDING:
             claim = await _await_decision(engine, record, waiter, claimant, token)
             if claim.status is SessionStatus.EXPIRED and claim.record is not None:
+                traces.wait_ended(claim.record)  # a decision ends its wait where it is taken
                 expired = claim.record.view.model_copy(update={"status": SessionStatus.EXPIRED})
                 yield ApprovalNotice(expired)
             elif claim.record is not None:
@@ -306,7 +319,8 @@ async def run_tools(
         yield started
     await _mark_if_untrusted(engine, record, queued)
     names = {call.id: call.name for call in record.view.tool_calls}
-    await engine.jobs.enqueue(session_id, [(call_id, names[call_id]) for call_id in queued])
+    jobs = [(call_id, names[call_id]) for call_id in queued]
+    await engine.jobs.enqueue(session_id, jobs, record.trace)
     timeout_s = engine.settings.tool_result_timeout_s
     async for update in _await_results(engine, waiter, record, timeout_s):
         if isinstance(update, SessionRecord):
@@ -399,7 +413,7 @@ def _redis_trouble_tolerated(engine: Engine) -> Iterator[None]:
     try:
         yield
     except UNAVAILABLE_ERRORS as error:
-        log.warning("redis unreachable while holding a stream: %s", error)
+        log.warning("redis_unavailable_while_holding", error=str(error))
         engine.metrics.redis_failed()
     # redis-py can turn a cancellation that lands mid-command into a connection error
     # (it closes the connection on the way out); a cancelled holder must still stop.

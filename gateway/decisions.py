@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 
 from core.arguments import ArgumentChecker, ArgumentError
 from core.audit import AuditEntry
@@ -31,14 +32,18 @@ from core.grants import GrantScope
 from core.records import (
     CallStatus,
     SessionRecord,
+    SessionStatus,
     ToolCallView,
 )
 from core.settings import PolicyMode
 from core.store import CallDecisionItem
+from gateway import traces
 from gateway.auth import Principal
 from gateway.conversation import Engine
 from gateway.opening import client_checkers
 from gateway.requests import CallDecision, DecisionRequest
+
+log = structlog.stdlib.get_logger(__name__)
 
 
 async def decide(
@@ -50,6 +55,7 @@ async def decide(
 ) -> SessionRecord:
     """Apply a decision request for `principal`; returns the session after it. With
     `protocol`, only a session of that protocol may be decided here."""
+    structlog.contextvars.bind_contextvars(session_id=session_id)
     record = await engine.store.get(session_id, view_only=True)
     try:
         principal.require_sees(record.view)
@@ -76,8 +82,12 @@ async def decide(
     except GatewayError as error:
         await _audit_refusal(engine, principal, record, error)
         raise
+    status = after.view.status.value
+    log.info("session_decided", actor=principal.name, applied=applied, status=status)
     if applied:
         await _record(engine, principal, record, after, body)
+        if after.status is not SessionStatus.PENDING:  # this decision ended the wait
+            traces.wait_ended(after)
     return after
 
 

@@ -17,24 +17,33 @@ elsewhere with its last id).
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
+import structlog
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
 from core.audit import AuditLog
-from core.errors import InvalidRequest, Unavailable
+from core.errors import (
+    ErrorBody,
+    Forbidden,
+    InvalidRequest,
+    Overloaded,
+    RedisUnavailable,
+    Unavailable,
+)
 from gateway import sse
-from gateway.audit import entry_id
+from gateway.audit import AuditEntryView, entry_id
 from gateway.auth import principal_of
 from gateway.conversation import Engine
+from gateway.openapi import EventStream, Operation, Param, Reply
 from gateway.runs import RunRegistry
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 DEFAULT_EVENTS = frozenset({"requested", "decided", "expired", "executed"})
 AUDIT_EVENTS = frozenset(
@@ -57,6 +66,15 @@ _LAST_SEQUENCE = 2**63 - 1
 SETTLE_S = 0.005
 TENANTS_REREAD_S = 1.0
 """How soon an admin's feed of every tenant follows a tenant's first entry."""
+
+
+class FeedReady(BaseModel):
+    """The feed's first event: where it starts."""
+
+    id: str
+    """The audit entry id the feed follows from (also the event's `id:`)."""
+    tenant: str | None
+    """The tenant followed; null for an admin's feed of every tenant."""
 
 
 async def approval_events(request: Request) -> Response:
@@ -96,7 +114,7 @@ async def _feed(
     engine: Engine, runs: RunRegistry, tenant: str | None, cursor: str, wanted: frozenset[str]
 ) -> AsyncIterator[bytes]:
     audit, settings = engine.audit, engine.settings
-    yield _event(cursor, "ready", {"id": cursor, "tenant": tenant})
+    yield _event(cursor, "ready", FeedReady(id=cursor, tenant=tenant).model_dump())
     try:
         async with audit.follow(await _streams(audit, tenant)) as follower:
             next_beat = time.monotonic() + settings.heartbeat_interval_s
@@ -128,7 +146,7 @@ async def _feed(
                     yield sse.HEARTBEAT
     except sse.STREAM_ERRORS as raised:
         error = sse.as_gateway_error(raised)
-        log.warning("approvals feed ended by %s: %s", error.code, error.message)
+        log.warning("approvals_feed_failed", code=error.code, error=error.message)
         yield b"event: error\ndata: " + orjson.dumps(error.body()) + b"\n\n"
 
 
@@ -150,3 +168,33 @@ def _event(event_id: str | None, kind: str, payload: Mapping[str, Any]) -> bytes
         + orjson.dumps(payload)
         + b"\n\n"
     )
+
+
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/v1/approvals/events",
+        "The live approvals feed: audit events as they happen",
+        {
+            200: Reply(
+                "Server-sent events: first `ready` (its `id:` is where the feed starts), then "
+                "one event per audit entry (`event:` its kind, `data:` the entry, `id:` its "
+                "id), `: heartbeat` comments while quiet, and `error` if the feed fails. It "
+                "never ends on its own; resume on any replica with `Last-Event-ID`.",
+                stream=EventStream((FeedReady, AuditEntryView, ErrorBody), done=False),
+            )
+        },
+        description="Needs the role `approver`; an admin follows every tenant, or one with "
+        "`tenant`.",
+        params=(
+            Param(
+                "events",
+                f"Comma-separated audit events (default: {', '.join(sorted(DEFAULT_EVENTS))})",
+            ),
+            Param("tenant", "An admin's choice of one tenant"),
+            Param("last_event_id", "Resume after this audit entry id (`Last-Event-ID` wins)"),
+            Param("Last-Event-ID", "Resume after this audit entry id", "header"),
+        ),
+        errors=(InvalidRequest, Forbidden, Unavailable, Overloaded, RedisUnavailable),
+    ),
+)

@@ -10,19 +10,35 @@ the model's continuation. Errors before a stream starts are HTTP errors with a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core.errors import GatewayError
-from gateway import decisions, sse
+from core import tracing
+from core.errors import (
+    BodyTooLarge,
+    DecisionConflict,
+    Forbidden,
+    GatewayError,
+    InvalidRequest,
+    Overloaded,
+    RedisUnavailable,
+    SelfApproval,
+    SessionExpired,
+    SessionNotFound,
+    UnsupportedMediaType,
+    WrongProtocol,
+)
+from gateway import decisions, sse, traces
 from gateway.auth import principal_of
 from gateway.completions import CONVERSATION_HEADER
 from gateway.conversation import ChatContext, Engine, converse, resume
 from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
+from gateway.openapi import EventStream, Operation, Reply
 from gateway.request_ids import request_id_of
 from gateway.requests import (
     DecisionRequest,
@@ -32,7 +48,7 @@ from gateway.requests import (
     validate,
 )
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 async def chat_completion(request: Request) -> Response:
@@ -55,6 +71,7 @@ async def chat_completion(request: Request) -> Response:
         conversation=conversation,
         conversation_label=label,
         request_id=request_id_of(request.scope),
+        trace=tracing.traceparent(),
     )
     messages = [m.model_dump() for m in body.messages]
     slots: sse.StreamSlots = request.app.state.stream_slots
@@ -71,18 +88,76 @@ async def approve(request: Request) -> Response:
         if body.approved
         else DecisionRequest(decision="reject", reason="the user declined")
     )
-    await decisions.decide(engine, principal, body.sessionid, decision, protocol="legacy")
+    record = await decisions.decide(engine, principal, body.sessionid, decision, protocol="legacy")
+    traces.decided(record, decision, principal.name)
     slots: sse.StreamSlots = request.app.state.stream_slots
     return slots.response(_stream(resume(engine, body.sessionid, hold=False)))
 
 
+class LegacyHealth(BaseModel):
+    """`GET /health` of the first version."""
+
+    status: Literal["healthy"] = "healthy"
+
+
+class LegacyError(BaseModel):
+    """The first version's error body, plus the stable code."""
+
+    type: Literal["error"] = "error"
+    error: str
+    """The message."""
+    code: str
+
+
+class LegacyContent(BaseModel):
+    """A piece of the model's text."""
+
+    type: Literal["content"] = "content"
+    content: str
+
+
+class LegacyToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+class LegacyApprovalRequired(BaseModel):
+    """Calls wait for a decision: the stream ends after it; approve with `sessionId`."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    type: Literal["approvalRequired"] = "approvalRequired"
+    session_id: str = Field(alias="sessionId")
+    tool_calls: list[LegacyToolCall] = Field(alias="toolCalls")
+
+
+class LegacyToolExecuting(BaseModel):
+    type: Literal["toolExecuting"] = "toolExecuting"
+    tool: str
+    arguments: Any
+
+
+class LegacyToolResult(BaseModel):
+    type: Literal["toolResult"] = "toolResult"
+    tool: str
+    result: Any
+
+
+class LegacyStreamError(BaseModel):
+    """An error after the stream started; `[DONE]` follows."""
+
+    type: Literal["error"] = "error"
+    error: str
+
+
 async def health(request: Request) -> JSONResponse:
-    return JSONResponse({"status": "healthy"})
+    return JSONResponse(LegacyHealth().model_dump())
 
 
-def error_body(error: GatewayError) -> dict[str, str]:
+def error_body(error: GatewayError) -> dict[str, Any]:
     """The first version's error shape, plus the stable code."""
-    return {"type": "error", "error": error.message, "code": error.code}
+    return LegacyError(error=error.message, code=error.code).model_dump()
 
 
 async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
@@ -93,31 +168,95 @@ async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
                 continue
             rendered = _render(event)
             if rendered is not None:
-                yield sse.data(rendered)
+                yield sse.data(rendered.model_dump())
     except sse.STREAM_ERRORS as raised:
         error = sse.as_gateway_error(raised)
-        log.warning("legacy stream ended by %s: %s", error.code, error.message)
+        log.warning("legacy_stream_failed", code=error.code, error=error.message)
         yield sse.data({"type": "error", "error": error.message})
     yield sse.DONE
 
 
-def _render(event: Event) -> dict[str, Any] | None:
+def _render(event: Event) -> BaseModel | None:
     match event:
         case ApprovalNotice(session) if session.status == "pending":
-            pending = [c for c in session.tool_calls if c.status == "pending"]
-            return {
-                "type": "approvalRequired",
-                "sessionId": session.id,
-                "toolCalls": [
-                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in pending
-                ],
-            }
+            pending = [
+                LegacyToolCall(id=c.id, name=c.name, arguments=c.arguments)
+                for c in session.tool_calls
+                if c.status == "pending"
+            ]
+            return LegacyApprovalRequired(sessionId=session.id, toolCalls=pending)
         case ToolEvent(type="executing"):
-            return {
-                "type": "toolExecuting",
-                "tool": event.name,
-                "arguments": event.detail["arguments"],
-            }
+            return LegacyToolExecuting(tool=event.name, arguments=event.detail["arguments"])
         case ToolEvent(type="result" | "error"):
-            return {"type": "toolResult", "tool": event.name, "result": event.detail["content"]}
+            return LegacyToolResult(tool=event.name, result=event.detail["content"])
     return None
+
+
+_EVENTS = EventStream(
+    (
+        LegacyContent,
+        LegacyApprovalRequired,
+        LegacyToolExecuting,
+        LegacyToolResult,
+        LegacyStreamError,
+    )
+)
+_BODY_ERRORS = (InvalidRequest, BodyTooLarge, UnsupportedMediaType)
+_LENIENT = (
+    "The body is read as the first version read it, leniently: a value that converts "
+    'plainly to the field\'s type is taken (`"0.5"` for 0.5, `"true"` for true).'
+)
+OPERATIONS = (
+    Operation(
+        "POST",
+        "/v1/chat/completion",
+        "The first version's chat: streams content, or ends at an approval",
+        {
+            200: Reply(
+                "`content` events, then `[DONE]`; or, when a tool needs approval, an "
+                "`approvalRequired` event and `[DONE]` (the session waits in Redis)",
+                stream=_EVENTS,
+                headers={"X-Conversation-Id": "The conversation grants are scoped to"},
+            )
+        },
+        description=_LENIENT,
+        body=LegacyChatRequest,
+        errors=(*_BODY_ERRORS, Forbidden, Overloaded, RedisUnavailable),
+        error_model=LegacyError,
+        tag="first version",
+    ),
+    Operation(
+        "POST",
+        "/v1/chat/approve",
+        "The first version's decision: decides every pending call, streams the rest",
+        {
+            200: Reply(
+                "`toolExecuting`, `toolResult` and `content` events, then `[DONE]`",
+                stream=_EVENTS,
+            )
+        },
+        description=_LENIENT,
+        body=LegacyApproveRequest,
+        errors=(
+            *_BODY_ERRORS,
+            Forbidden,
+            SelfApproval,
+            SessionNotFound,
+            DecisionConflict,
+            WrongProtocol,
+            SessionExpired,
+            Overloaded,
+            RedisUnavailable,
+        ),
+        error_model=LegacyError,
+        tag="first version",
+    ),
+    Operation(
+        "GET",
+        "/health",
+        "The first version's health check",
+        {200: Reply("Healthy", LegacyHealth)},
+        keyed=False,
+        tag="first version",
+    ),
+)

@@ -18,6 +18,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
+from core import tracing
 from core.arguments import ArgumentChecker, ArgumentError, json_problem
 from core.audit import AuditEntry
 from core.errors import Overloaded
@@ -40,6 +43,8 @@ from gateway.upstream import RequestedCall
 
 if TYPE_CHECKING:
     from gateway.conversation import ChatContext, Engine
+
+log = structlog.stdlib.get_logger(__name__)
 
 MAX_PROVENANCE = 20
 """How many of the latest tool results a session lists as what came before its calls."""
@@ -67,6 +72,7 @@ async def open_session(
     views, provenance, tainted = turn.views, turn.provenance, turn.tainted
     statuses = {v.status for v in views}
     session_id = new_session_id()
+    structlog.contextvars.bind_contextvars(session_id=session_id)
     expires_at = now + engine.settings.approval_timeout_s
     if CallStatus.PENDING in statuses:
         await _reserve_pending(engine, session_id, ctx.tenant, expires_at)
@@ -97,9 +103,16 @@ async def open_session(
     )
     if ctx.logged and not ctx.log_id and status is SessionStatus.PENDING:
         ctx.log_id = session.id  # the first approval notice opens the run log
-    record = SessionRecord(view=session, continuation=continuation, log_id=ctx.log_id)
+    record = SessionRecord(
+        view=session,
+        continuation=continuation,
+        log_id=ctx.log_id,
+        trace=ctx.trace,
+        wait_span=tracing.new_span_id() if status is SessionStatus.PENDING else "",
+    )
     initial = {v.id: v.decision for v in views if v.decision is not None}
     await engine.store.create(record, initial, _opened_entries(session))
+    _log_opened(session)
     engine.metrics.decided(initial.values())
     if tainted:
         await engine.taint.mark(GrantScope(ctx.tenant, ctx.requester, ctx.conversation))
@@ -288,6 +301,15 @@ async def _reserve_pending(engine: Engine, session_id: str, tenant: str, deadlin
             "this tenant has as many approval sessions pending as its share allows "
             "(GATEWAY_MAX_PENDING_SESSIONS_PER_TENANT); decide some or try again later"
         )
+
+
+def _log_opened(session: ApprovalSession) -> None:
+    """`session_opened`, and per call a debug line whose arguments only `log_arguments`
+    lets through (core.logs.Redactor)."""
+    calls = session.tool_calls
+    log.info("session_opened", status=session.status.value, tools=[c.name for c in calls])
+    for call in calls:
+        log.debug("tool_call_arguments", call=call.id, tool=call.name, arguments=call.arguments)
 
 
 def _opened_entries(session: ApprovalSession) -> list[AuditEntry]:

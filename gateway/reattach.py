@@ -9,24 +9,34 @@ client already has every event.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.errors import NoStream, SessionNotFound, Unavailable
+from core.errors import (
+    ErrorBody,
+    Forbidden,
+    InvalidRequest,
+    NoStream,
+    Overloaded,
+    RedisUnavailable,
+    SessionNotFound,
+    Unavailable,
+)
 from core.runlog import RunLog
-from gateway import sse
+from gateway import sse, traces
 from gateway.auth import principal_of
-from gateway.chunks import ChunkMeta, ChunkWriter
+from gateway.chunks import ChunkMeta, ChunkWriter, StreamChunk
 from gateway.conversation import Engine
 from gateway.events import Ended, LoggedEvent, Reattach, StreamFailed, from_json
+from gateway.openapi import EventStream, Operation, Param, Reply
 from gateway.requests import parse_int
 from gateway.runs import RunRegistry
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 PAGE = 1000
 """Logged events read per call while replaying."""
@@ -39,14 +49,18 @@ async def reattach(request: Request) -> Response:
     runs: RunRegistry = request.app.state.runs
     if runs.draining:
         raise Unavailable("this replica is shutting down; retry on another")
-    record = await engine.store.get(request.path_params["session_id"])
+    session_id = request.path_params["session_id"]
+    structlog.contextvars.bind_contextvars(session_id=session_id)
+    record = await engine.store.get(session_id)
     principal.require_sees(record.view)
     if principal.name != record.view.requester and not principal.has("approver"):
         # A requester follows its own streams only: another key's holds its conversation.
         raise SessionNotFound(f"no approval session {record.id!r}")
     if not record.log_id:
         raise NoStream(f"approval session {record.id!r} belongs to no stream to re-attach to")
-    return await follow_run(request, record.log_id, _last_event_id(request), record.view.model)
+    after = _last_event_id(request)
+    traces.run_event("run resume", record, after=after, replica=engine.runner_id)
+    return await follow_run(request, record.log_id, after, record.view.model)
 
 
 async def follow_run(request: Request, log_id: str, after: int, model: str) -> Response:
@@ -75,7 +89,7 @@ async def _follow(
             yield part
     except sse.STREAM_ERRORS as raised:
         error = sse.as_gateway_error(raised)
-        log.warning("re-attach to %s ended by %s: %s", log_id, error.code, error.message)
+        log.warning("reattach_failed", run=log_id, code=error.code, error=error.message)
         # No `id:`: the client's last event id stays that of the last event it really got.
         yield sse.data(StreamFailed.of(error).body()) + sse.DONE
 
@@ -129,3 +143,42 @@ async def _logged(
             after = seq
         if len(entries) < PAGE:
             return
+
+
+CHUNKS = EventStream((StreamChunk, ErrorBody))
+"""A chat stream's events: chunks, an error after the stream started, then `[DONE]`."""
+OPERATIONS = (
+    Operation(
+        "GET",
+        "/v1/approvals/{session_id}/stream",
+        "Re-attach to a held request's stream, on any replica",
+        {
+            200: Reply(
+                "The run's chunks after the given event id (same completion id and `id:` "
+                "numbers as the original stream), then the live ones until `[DONE]`; "
+                "`: heartbeat` comments while nothing happens",
+                stream=CHUNKS,
+            )
+        },
+        description="Needs the role `requester` (its own streams) or `approver`, in the "
+        "session's tenant. When no replica holds the run any more, this one takes it over.",
+        params=(
+            Param("session_id", "Any approval session the run opened", "path"),
+            Param(
+                "last_event_id",
+                "The last event id received (the header wins)",
+                schema={"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+            ),
+            Param("Last-Event-ID", "The last event id received", "header"),
+        ),
+        errors=(
+            InvalidRequest,
+            Forbidden,
+            SessionNotFound,
+            NoStream,
+            Unavailable,
+            Overloaded,
+            RedisUnavailable,
+        ),
+    ),
+)

@@ -10,28 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
 import time
 
+import structlog
+from opentelemetry import trace
+from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from redis.exceptions import RedisError
 
+from core import logs, tracing
 from core.arguments import ArgumentError
 from core.audit import AuditEntry, AuditLog
 from core.connect import RedisClient, connect
 from core.jobs import Job, JobQueue
 from core.keys import Keys
 from core.records import ToolResult, arguments_sha256
-from core.settings import PolicyMode, Settings
+from core.settings import PolicyMode, Settings, WorkerSettings
 from core.store import RunnableCall, SessionStore
 from core.tools import ToolBox
 from worker.execute import run_tool
 from worker.health import health_port
 from worker.metrics import WorkerMetrics
 
-log = logging.getLogger(__name__)
+log = structlog.stdlib.get_logger(__name__)
 
 
 class Worker:
@@ -40,7 +43,7 @@ class Worker:
     def __init__(self, settings: Settings, redis: RedisClient, toolbox: ToolBox) -> None:
         keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
         self.settings = settings.worker
-        self.name = settings.worker.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = consumer_name(settings.worker)
         self.store = SessionStore(redis, keys, settings.session_retention_s)
         self.jobs = JobQueue(redis, keys)
         self.audit = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
@@ -79,7 +82,7 @@ class Worker:
         """Consume until `stop()`, then let in-flight calls finish within the grace period."""
         await self.jobs.ensure_group()
         self._redis_answered()
-        log.info("worker %s consuming", self.name)
+        log.info("worker_consuming")
         upkeep = asyncio.create_task(self._upkeep_forever(), name="worker-upkeep")
         self._consuming(True)
         try:
@@ -93,7 +96,7 @@ class Worker:
                     jobs = await self.jobs.read(self.name, free, self.settings.block_ms)
                 except RedisError as error:
                     self.metrics.redis_errors.inc()
-                    log.warning("reading jobs failed: %s", error)
+                    log.warning("job_read_failed", error=str(error))
                     await asyncio.sleep(0.5)
                     continue
                 self._redis_answered()
@@ -118,7 +121,7 @@ class Worker:
 
     def _spawn(self, jobs: list[Job], *, reclaimed: bool) -> None:
         for job in jobs:
-            task = asyncio.create_task(self.handle(job, reclaimed=reclaimed))
+            task = asyncio.create_task(self._handle_traced(job, reclaimed=reclaimed))
             self.in_flight[task] = job
             task.add_done_callback(self._forget)
 
@@ -131,10 +134,27 @@ class Worker:
         if isinstance(error, RedisError):
             self.metrics.redis_errors.inc()
         entry_id = job.entry_id if job is not None else "?"
-        log.error("job %s failed: %r", entry_id, error, exc_info=error)
+        log.error("job_failed", job=entry_id, exc_info=error)
+
+    async def _handle_traced(self, job: Job, *, reclaimed: bool) -> None:
+        """`handle` in a span of the request's trace (the job carries its context)."""
+        name = f"execute_tool {job.tool[:64]}"
+        parent = tracing.context_of(job.trace)
+        with tracing.tracer.start_as_current_span(name, context=parent) as span:
+            span.set_attribute(gen_ai.GEN_AI_OPERATION_NAME, "execute_tool")
+            span.set_attribute(gen_ai.GEN_AI_TOOL_NAME, job.tool[:128])
+            span.set_attribute(gen_ai.GEN_AI_TOOL_CALL_ID, job.tool_call_id[:128])
+            span.set_attribute("approval.session_id", job.session_id[:128])
+            span.set_attribute("worker.name", self.name)
+            span.set_attribute("worker.reclaimed", reclaimed)
+            await self.handle(job, reclaimed=reclaimed)
 
     async def handle(self, job: Job, *, reclaimed: bool = False) -> None:
         """Run a job's call if it may run; store the outcome, then acknowledge."""
+        # On every log line about this job (the task's own context: no other job sees it).
+        structlog.contextvars.bind_contextvars(
+            session_id=job.session_id, call=job.tool_call_id, tool=job.tool[:128]
+        )
         idempotent = self.toolbox.idempotent(job.tool)
         outcome, call = await self.store.start_call(
             job.session_id,
@@ -150,8 +170,10 @@ class Worker:
         event = "executed"
         detail: dict[str, object] = {"outcome": outcome, "attempt": "reclaimed"}
         if call is None:
+            log.info("job_settled_without_running", job=job.entry_id, outcome=outcome)
             self.metrics.settled_without_running(job.tool, outcome)
         else:
+            structlog.contextvars.bind_contextvars(tenant=call.tenant)
             refusal = self._refusal(job, call)
             if refusal is None:
                 result = await self._execute(call)
@@ -166,7 +188,8 @@ class Worker:
                     },
                 )
             else:
-                log.warning("refused job %s: %s", job.entry_id, refusal)
+                # Past ": " a schema error may quote the arguments: the result and audit keep it.
+                log.warning("job_refused", job=job.entry_id, reason=refusal.partition(": ")[0])
                 self.metrics.refused(call.name)
                 result = ToolResult(
                     status="failed", content=f"refused by the worker: {refusal}", worker=self.name
@@ -187,6 +210,9 @@ class Worker:
                 await self.audit.append([entry])
             except RedisError:  # the outcome is stored; audit is best effort
                 self.metrics.redis_errors.inc()
+        span = trace.get_current_span()
+        span.set_attribute("worker.event", event)
+        span.set_attribute("worker.outcome", str(detail.get("outcome", "refused")))
         await self.jobs.ack(job)
 
     def _refusal(self, job: Job, call: RunnableCall) -> str | None:
@@ -217,9 +243,12 @@ class Worker:
         name = call.name
         timeout_s = self.toolbox.timeout_s(name, self.settings.tool_timeout_s)
         tool = self.toolbox.tools[name]
-        return await run_tool(
+        log.debug("tool_call_arguments", arguments=call.arguments)  # core.logs.Redactor
+        result = await run_tool(
             tool, call.arguments, timeout_s, self.settings.max_result_bytes, self.name
         )
+        log.info("tool_run_finished", status=result.status, duration_ms=result.duration_ms)
+        return result
 
     async def _upkeep_forever(self) -> None:
         """Keep in-flight jobs claimed, and reclaim dead workers' jobs."""
@@ -231,13 +260,13 @@ class Worker:
                 if free > 0 and not self.stopping.is_set():
                     claimed = await self.jobs.reclaim(self.name, self.settings.claim_idle_ms, free)
                     if claimed:
-                        log.warning("reclaimed %d jobs of stopped workers", len(claimed))
+                        log.warning("jobs_reclaimed", jobs=len(claimed))  # of stopped workers
                         self.metrics.jobs_reclaimed.inc(len(claimed))
                     self._spawn(claimed, reclaimed=True)
                 self._redis_answered()  # unless stopping, keep_alive or reclaim asked it
             except RedisError as error:
                 self.metrics.redis_errors.inc()
-                log.warning("job upkeep failed: %s", error)
+                log.warning("job_upkeep_failed", error=str(error))
 
     async def _drain(self) -> None:
         # Unfinished jobs stay unacknowledged: another worker reclaims them after claim_idle_ms.
@@ -247,7 +276,7 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        log.info("worker %s stopped", self.name)
+        log.info("worker_stopped")
 
 
 async def serve(settings: Settings) -> None:
@@ -255,6 +284,7 @@ async def serve(settings: Settings) -> None:
     name = f"worker:{socket.gethostname()}:{os.getpid()}"
     redis = connect(settings, name, extra_read_s=settings.worker.block_ms / 1000)
     worker = Worker(settings, redis, ToolBox.from_settings(settings))
+    tracing.configure("approval-gateway-worker", worker.name)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)
@@ -264,13 +294,26 @@ async def serve(settings: Settings) -> None:
     finally:
         with contextlib.suppress(RedisError):
             await redis.aclose()
+        tracing.shutdown()
 
 
 def main() -> None:
     """Entry point of `gateway-worker`."""
-    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=log_format)
-    asyncio.run(serve(Settings()))
+    settings = Settings()
+    logs.configure(
+        "worker",
+        replica=consumer_name(settings.worker),
+        fmt=settings.log_format,
+        level=settings.log_level,
+        log_arguments=settings.log_arguments,
+    )
+    asyncio.run(serve(settings))
+
+
+def consumer_name(settings: WorkerSettings) -> str:
+    """This worker's name in the consumer group (and its logs' `replica`): the configured
+    one, else hostname-pid."""
+    return settings.name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 if __name__ == "__main__":
