@@ -106,7 +106,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 pytest: install js-deps browser-deps
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 # docker-compose.yml must refuse to start without each secret, and be valid with them set.
 COMPOSE_SECRETS := GATEWAY_API_KEYS REDIS_PASSWORD
