@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TypeAlias
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
@@ -41,6 +42,18 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 """Anything a Redis call can raise, on either client (the cluster client's own errors are
 not `RedisError`s): what a loop that must outlive a Redis outage catches."""
+
+
+def stop_if_cancelled() -> None:
+    """Raise `CancelledError` if the current task is being cancelled.
+
+    redis-py can turn a cancellation that lands mid-command into a connection error (it
+    closes the connection on the way out), so a loop that tolerates Redis errors calls this
+    where it catches them: a cancelled task still stops (a replica's shutdown awaits its
+    background loops; one that swallowed its cancellation held the shutdown forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def connect(
@@ -103,5 +116,16 @@ def connect_cluster(
 
 def _retry() -> Retry:
     return Retry(
-        ExponentialBackoff(cap=0.25, base=0.02), retries=3, supported_errors=(RedisConnectionError,)
+        ExponentialBackoff(cap=0.25, base=0.02),
+        retries=3,
+        supported_errors=(RedisConnectionError,),
+        is_retryable=_not_cancelled,
     )
+
+
+def _not_cancelled(error: Exception) -> bool:
+    """A connection error in a task being cancelled is the cancellation (redis-py closes the
+    connection when one lands mid-command): retried, the call would succeed and the task
+    would never learn it was cancelled."""
+    task = asyncio.current_task()
+    return task is None or not task.cancelling()

@@ -37,7 +37,7 @@ from redis.exceptions import LockError
 
 from core import scripts
 from core.audit import AuditEntry, AuditLog
-from core.connect import REDIS_ERRORS, RedisClient, RedisPipeline
+from core.connect import REDIS_ERRORS, RedisClient, RedisPipeline, stop_if_cancelled
 from core.keys import Keys
 from core.records import ApprovalSession
 
@@ -286,6 +286,7 @@ class Outbox:
                 try:
                     return await self.relay(session_id, deliver, view)
                 except Exception as error:  # Redis trouble, or the sender is full: later
+                    stop_if_cancelled()
                     log.warning("outbox_not_relayed", session_id=session_id, error=str(error))
                     with contextlib.suppress(*REDIS_ERRORS):
                         await self.expect(session_id)
@@ -293,6 +294,7 @@ class Outbox:
 
         try:
             while True:
+                stop_if_cancelled()  # a cancellation a library swallowed still ends the loop
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await self._wake.wait()
@@ -301,6 +303,7 @@ class Outbox:
                 try:
                     due = await self._due_now()
                 except Exception as error:  # Redis away: what was kicked goes on
+                    stop_if_cancelled()
                     log.warning("outbox_index_unreadable", error=str(error))
                     due = []
                 for session_id in {*kicked, *due}:

@@ -19,7 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.connect import RedisClient
+from core.connect import RedisClient, stop_if_cancelled
 from core.keys import Keys
 from core.sharded_pubsub import ShardedChannels
 
@@ -282,10 +282,12 @@ class StatusPoller:
 
     async def run_forever(self) -> None:
         while True:
+            stop_if_cancelled()  # a cancellation a library swallowed still ends the loop
             await asyncio.sleep(self._interval_s)
             try:
                 await self.poll_once()
             except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+                stop_if_cancelled()
                 log.warning("status_poll_failed", error=str(error))  # the next one retries
 
     async def poll_once(self) -> None:

@@ -9,7 +9,6 @@ but that session.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import time
@@ -20,7 +19,7 @@ from typing import Any, Literal
 import structlog
 
 from core.audit import AuditLog
-from core.connect import UNAVAILABLE_ERRORS
+from core.connect import UNAVAILABLE_ERRORS, stop_if_cancelled
 from core.errors import DecisionConflict, RedisUnavailable, UpstreamError
 from core.grants import ConversationIds, ConversationTaint, Grants, GrantScope
 from core.handoffs import Handoffs
@@ -415,11 +414,7 @@ def _redis_trouble_tolerated(engine: Engine) -> Iterator[None]:
     except UNAVAILABLE_ERRORS as error:
         log.warning("redis_unavailable_while_holding", error=str(error))
         engine.metrics.redis_failed()
-    # redis-py can turn a cancellation that lands mid-command into a connection error
-    # (it closes the connection on the way out); a cancelled holder must still stop.
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+    stop_if_cancelled()  # a cancelled holder must still stop
 
 
 _NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED})

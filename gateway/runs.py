@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from core.audit import AuditEntry
-from core.connect import REDIS_ERRORS
+from core.connect import REDIS_ERRORS, stop_if_cancelled
 from core.errors import GatewayError
 from core.records import SessionStatus
 from core.runlog import Lease, RunLog
@@ -340,6 +340,7 @@ class RunRegistry:
     async def _renew_forever(self) -> None:
         """Renew every local run's lease three times per lease (`RunLog.renew_all`)."""
         while True:
+            stop_if_cancelled()  # a cancellation a library swallowed still ends the loop
             await asyncio.sleep(self.lease_ms / 3000)
             runs = [run for run in self.runs.values() if not run.stopping]
             if not runs:
@@ -347,6 +348,7 @@ class RunRegistry:
             try:
                 held = await self.runlog.renew_all([run.lease for run in runs], self.lease_ms)
             except Exception as error:  # whatever it was, the next round tries again
+                stop_if_cancelled()
                 log.warning("lease_renewal_failed", runs=len(runs), error=str(error))
                 continue
             for run, still_ours in zip(runs, held, strict=True):

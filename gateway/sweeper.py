@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from core.connect import REDIS_ERRORS
+from core.connect import REDIS_ERRORS, stop_if_cancelled
 from core.store import SessionStore
 
 log = structlog.stdlib.get_logger(__name__)
@@ -32,9 +32,11 @@ class Sweeper:
 
     async def run_forever(self) -> None:
         while True:
+            stop_if_cancelled()  # a cancellation a library swallowed still ends the loop
             try:
                 await self.sweep_once()
             except Exception as error:  # Redis away, or a bug: the next sweep tries again
+                stop_if_cancelled()
                 trace = not isinstance(error, REDIS_ERRORS)
                 log.warning("sweep_skipped", error=str(error), exc_info=trace)
             await asyncio.sleep(self.interval_s)
