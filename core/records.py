@@ -79,15 +79,13 @@ SESSION_TRANSITIONS: Mapping[SessionStatus, frozenset[SessionStatus]] = {
     SessionStatus.APPROVED: frozenset({SessionStatus.RUNNING}),
     SessionStatus.REJECTED: frozenset({SessionStatus.RUNNING}),
     SessionStatus.EXPIRED: frozenset({SessionStatus.RUNNING}),
-    SessionStatus.RUNNING: frozenset({SessionStatus.COMPLETED, SessionStatus.FAILED}),
+    # running → running: a runner with a newer lease (fencing token) takes over (BEGIN_RUN).
+    SessionStatus.RUNNING: frozenset(
+        {SessionStatus.RUNNING, SessionStatus.COMPLETED, SessionStatus.FAILED}
+    ),
     SessionStatus.COMPLETED: frozenset(),
     SessionStatus.FAILED: frozenset(),
 }
-
-DECIDED_STATUSES = frozenset(
-    {SessionStatus.APPROVED, SessionStatus.REJECTED, SessionStatus.EXPIRED}
-)
-"""A session in one of these is waiting for a replica to run its continuation."""
 
 CALL_TRANSITIONS: Mapping[CallStatus, frozenset[CallStatus]] = {
     CallStatus.PENDING: frozenset(
@@ -123,8 +121,11 @@ is the client's)."""
 
 
 def sources_of(target: SessionStatus) -> list[str]:
-    """The statuses a session may move to `target` from, as script arguments."""
-    return sorted(s.value for s, targets in SESSION_TRANSITIONS.items() if target in targets)
+    """The other statuses a session may move to `target` from, as script arguments (staying
+    in `target`, as a lease takeover does, is the script's own fenced check)."""
+    return sorted(
+        s.value for s, targets in SESSION_TRANSITIONS.items() if target in targets and s != target
+    )
 
 
 def arguments_sha256(arguments: Mapping[str, Any]) -> str:

@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError
 from redis.typing import EncodableT, KeyT
 
 from core.connect import RedisClient
+from core.records import CallStatus, SessionStatus
 
 _PUBLISH = "redis.call('PUBLISH', "
 """The one way a script publishes; on a Redis Cluster it becomes a sharded publish."""
@@ -50,8 +51,19 @@ class _ClusterScript(AsyncScript):
             return await target.eval(self.script, len(keys), *keys, *args)  # type: ignore[arg-type]
 
 
+def _lua_table(name: str, statuses: type[SessionStatus] | type[CallStatus]) -> str:
+    pairs = ", ".join(f"{status.name} = '{status.value}'" for status in statuses)
+    return f"local {name} = {{{pairs}}}\n"
+
+
+STATUSES = _lua_table("SESSION", SessionStatus) + _lua_table("CALL", CallStatus)
+"""The status enums as Lua tables (`SESSION.PENDING`, `CALL.QUEUED`, ...), prepended to every
+session script: no status is written by hand in Lua (tests/test_state_machine.py checks)."""
+
 # Shared helpers, prepended to every script that needs them.
-_HELPERS = """
+_HELPERS = (
+    STATUSES
+    + """
 local function now_s()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -65,12 +77,13 @@ local function expire_pending(key, now, channel)
   local decision = cjson.encode({decision = 'reject', reason = 'the approval deadline passed',
                                  actor = 'deadline', decided_at = now})
   for _, id in ipairs(call_ids(key)) do
-    if redis.call('HGET', key, 'status:' .. id) == 'pending' then
-      redis.call('HSET', key, 'status:' .. id, 'expired', 'decision:' .. id, decision)
+    if redis.call('HGET', key, 'status:' .. id) == CALL.PENDING then
+      redis.call('HSET', key, 'status:' .. id, CALL.EXPIRED, 'decision:' .. id, decision)
     end
   end
-  redis.call('HSET', key, 'status', 'expired', 'decided_as', 'expired', 'decided_at', tostring(now))
-  redis.call('PUBLISH', channel, 'expired')
+  redis.call('HSET', key, 'status', SESSION.EXPIRED, 'decided_as', SESSION.EXPIRED,
+             'decided_at', tostring(now))
+  redis.call('PUBLISH', channel, SESSION.EXPIRED)
 end
 -- What makes two decisions of one call the same (a repeat), whoever made them and when.
 local function fingerprint(kind, reason, sha, content)
@@ -80,6 +93,7 @@ local function is_overdue(key, now)
   return now >= tonumber(redis.call('HGET', key, 'expires_at'))
 end
 """
+)
 
 # Decide some calls of a session, each its own way (approve, reject, edit, respond).
 # Every item is checked before any is applied: one bad item changes nothing.
@@ -112,11 +126,11 @@ if #raw == 0 then return {'not_found'} end
 local f = {}
 for i = 1, #raw, 2 do f[raw[i]] = raw[i + 1] end
 local now = now_s()
-if f.status == 'pending' and now >= tonumber(f.expires_at) then
+if f.status == SESSION.PENDING and now >= tonumber(f.expires_at) then
   expire_pending(key, now, ARGV[2])
-  return {'expired', 'now'}
+  return {SESSION.EXPIRED, 'now'}
 end
-if f.decided_as == 'expired' then return {'expired'} end
+if f.decided_as == SESSION.EXPIRED then return {SESSION.EXPIRED} end
 local ids, hashes = {}, {}
 for _, c in ipairs(cjson.decode(f.calls)) do
   ids[#ids + 1] = c.id
@@ -130,7 +144,7 @@ for _, item in ipairs(items) do
     return {'hash_mismatch', item.id}
   end
   local s = f['status:' .. item.id]
-  if s == 'pending' then
+  if s == CALL.PENDING then
     fresh[#fresh + 1] = item
   elseif f['fp:' .. item.id] ~= fingerprint(item.kind, item.reason, item.sha, item.content) then
     return {'conflict', item.id, s}
@@ -153,11 +167,11 @@ end
 local settled, any_approved = true, false
 for _, id in ipairs(ids) do
   local s = f['status:' .. id]
-  if s == 'pending' then settled = false end
-  if s == 'approved' then any_approved = true end
+  if s == CALL.PENDING then settled = false end
+  if s == CALL.APPROVED then any_approved = true end
 end
 if settled then
-  local decided_as = any_approved and 'approved' or 'rejected'
+  local decided_as = any_approved and SESSION.APPROVED or SESSION.REJECTED
   set('status', decided_as)
   set('decided_as', decided_as)
   set('decided_at', tostring(now))
@@ -198,7 +212,7 @@ local key = KEYS[1]
 local status = redis.call('HGET', key, 'status')
 if not status then return false end
 local now = now_s()
-if status == 'pending' and is_overdue(key, now) then
+if status == SESSION.PENDING and is_overdue(key, now) then
   expire_pending(key, now, ARGV[1])
   return 'expired_now'
 end
@@ -212,7 +226,8 @@ return status
 # over from a runner that died, and gets every still-queued call back to queue again (a job
 # queued twice is harmless: the worker skips a call that is not `queued`).
 # KEYS[1] session hash
-# ARGV[1] space-separated statuses allowed to start from; ARGV[2] runner id;
+# ARGV[1] space-separated statuses allowed to start from (`sources_of(RUNNING)`)
+# ARGV[2] runner id
 # ARGV[3] fencing token (0 when the continuation runs without a lease)
 # Returns {'ok', {call ids to queue}, hash, status before} or {'refused', status, hash}
 # (the session as it is now, saving the caller a read; empty while it is pending), or
@@ -225,35 +240,37 @@ local status = redis.call('HGET', key, 'status')
 if not status then return {'not_found'} end
 local token = tonumber(ARGV[3])
 local held_token = tonumber(redis.call('HGET', key, 'runner_token') or '0')
-local takeover = status == 'running' and token > 0 and token > held_token
+local takeover = status == SESSION.RUNNING and token > 0 and token > held_token
 -- The same runner asking again (its client retried after a lost reply) gets the same answer.
-local again = status == 'running' and redis.call('HGET', key, 'runner') == ARGV[2]
+local again = status == SESSION.RUNNING and redis.call('HGET', key, 'runner') == ARGV[2]
   and token == held_token
 takeover = takeover or again
 if not takeover and not string.find(' ' .. ARGV[1] .. ' ', ' ' .. status .. ' ', 1, true) then
   -- Still pending is the common refusal (a holder checking after a wake-up): keep it small.
-  if status == 'pending' then return {'refused', status, {}} end
+  if status == SESSION.PENDING then return {'refused', status, {}} end
   return {'refused', status, redis.call('HGETALL', key)}
 end
 local queued = {}
 for _, c in ipairs(cjson.decode(redis.call('HGET', key, 'calls'))) do
   local s = redis.call('HGET', key, 'status:' .. c.id)
-  if s == 'approved' and c.side == 'client' then
+  if s == CALL.APPROVED and c.side == 'client' then
     -- The client runs it: released to the client with the answer, never queued.
-    redis.call('HSET', key, 'status:' .. c.id, 'released')
-  elseif s == 'approved' or (takeover and s == 'queued') then
-    redis.call('HSET', key, 'status:' .. c.id, 'queued')
+    redis.call('HSET', key, 'status:' .. c.id, CALL.RELEASED)
+  elseif s == CALL.APPROVED or (takeover and s == CALL.QUEUED) then
+    redis.call('HSET', key, 'status:' .. c.id, CALL.QUEUED)
     queued[#queued + 1] = c.id
   end
 end
-redis.call('HSET', key, 'status', 'running', 'runner', ARGV[2], 'runner_token', token)
+redis.call('HSET', key, 'status', SESSION.RUNNING, 'runner', ARGV[2], 'runner_token', token)
 return {'ok', queued, redis.call('HGETALL', key), status}
 """
 )
 
 # Move a session from one of the allowed statuses to a target, and set its TTL.
 # KEYS[1] session hash
-# ARGV[1] target; ARGV[2] space-separated allowed statuses; ARGV[3] TTL seconds;
+# ARGV[1] target status
+# ARGV[2] space-separated statuses allowed to move from (`sources_of(target)`)
+# ARGV[3] TTL seconds
 # ARGV[4] wake-up channel
 # Returns {'ok'}, {'refused', status} or {'not_found'}.
 TRANSITION = """
@@ -273,11 +290,15 @@ return {'ok'}
 # worker died) whose call was already running is run again only if the tool is idempotent
 # and attempts remain; otherwise its outcome is settled here, once.
 # KEYS[1] session hash
-# ARGV[1] tool call id; ARGV[2] worker name; ARGV[3] 'fresh' | 'reclaimed';
-# ARGV[4] '1' when the tool is idempotent; ARGV[5] max attempts; ARGV[6] wake-up channel;
+# ARGV[1] tool call id
+# ARGV[2] worker name
+# ARGV[3] 'fresh' | 'reclaimed'
+# ARGV[4] '1' when the tool is idempotent
+# ARGV[5] max attempts
+# ARGV[6] wake-up channel
 # ARGV[7] the job's stream entry id
-# Returns {'run', calls JSON, decision JSON, tenant}, {'unknown'}, {'exhausted'} or
-# {'skip', status}.
+# Returns {'run', calls JSON, decision JSON, tenant}, {'unknown'} (settled as unknown),
+# {'exhausted'} (settled as failed) or {'skip', status} (`core.store.StartOutcome`).
 START_CALL = (
     _HELPERS
     + """
@@ -289,23 +310,23 @@ local function settle(call_status, content)
   redis.call('HSET', key, 'status:' .. id, call_status, 'result:' .. id, result)
   redis.call('PUBLISH', ARGV[6], 'result')
 end
-if status == 'queued' then
-  redis.call('HSET', key, 'status:' .. id, 'running', 'attempts:' .. id, 1)
-elseif status == 'running' and ARGV[3] == 'fresh'
+if status == CALL.QUEUED then
+  redis.call('HSET', key, 'status:' .. id, CALL.RUNNING, 'attempts:' .. id, 1)
+elseif status == CALL.RUNNING and ARGV[3] == 'fresh'
     and redis.call('HGET', key, 'job:' .. id) == ARGV[7]
     and redis.call('HGET', key, 'worker:' .. id) == ARGV[2] then
   -- This very start, retried after its reply was lost: the worker has not run it yet.
   return {'run', redis.call('HGET', key, 'calls'), redis.call('HGET', key, 'decision:' .. id) or '',
           redis.call('HGET', key, 'tenant') or 'default'}
-elseif status == 'running' and ARGV[3] == 'reclaimed' then
+elseif status == CALL.RUNNING and ARGV[3] == 'reclaimed' then
   if ARGV[4] ~= '1' then
-    settle('unknown', 'the worker running this call stopped; it may or may not have taken '
+    settle(CALL.UNKNOWN, 'the worker running this call stopped; it may or may not have taken '
            .. 'effect, and it was not run again because the tool is not idempotent')
-    return {'unknown'}
+    return {CALL.UNKNOWN}
   end
   local attempts = redis.call('HINCRBY', key, 'attempts:' .. id, 1)
   if attempts > tonumber(ARGV[5]) then
-    settle('failed', 'gave up after ' .. (attempts - 1)
+    settle(CALL.FAILED, 'gave up after ' .. (attempts - 1)
            .. ' attempts: the workers running it stopped')
     return {'exhausted'}
   end
@@ -321,20 +342,27 @@ return {'run', redis.call('HGET', key, 'calls'), redis.call('HGET', key, 'decisi
 
 # A worker stores the outcome of a call it started, then wakes the holder.
 # KEYS[1] session hash
-# ARGV[1] tool call id; ARGV[2] 'succeeded' | 'failed'; ARGV[3] result JSON;
+# ARGV[1] tool call id
+# ARGV[2] the call's new status (`ToolResult.status`)
+# ARGV[3] result JSON
 # ARGV[4] wake-up channel
 # Returns 1 when stored, 0 when the call was not running.
-FINISH_CALL = """
+FINISH_CALL = (
+    STATUSES
+    + """
 local key = KEYS[1]
-if redis.call('HGET', key, 'status:' .. ARGV[1]) ~= 'running' then return 0 end
+if redis.call('HGET', key, 'status:' .. ARGV[1]) ~= CALL.RUNNING then return 0 end
 redis.call('HSET', key, 'status:' .. ARGV[1], ARGV[2], 'result:' .. ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[4], 'result')
 return 1
 """
+)
 
 # Take the lease on a held request's continuation (`RENEW_LEASES` renews it).
-# KEYS[1] lease; KEYS[2] fence counter
-# ARGV[1] owner; ARGV[2] lease milliseconds;
+# KEYS[1] lease
+# KEYS[2] fence counter
+# ARGV[1] owner
+# ARGV[2] lease milliseconds
 # ARGV[3] how long the fence counter is kept (seconds; renewed at each new lease)
 # Returns the caller's fencing token, or 0 when another owner holds a live lease.
 ACQUIRE_LEASE = """
@@ -353,7 +381,9 @@ return token
 """
 
 # Renew many leases in one call, each only while it is still the caller's.
-# KEYS the leases; ARGV[1] lease milliseconds; ARGV[i + 1] '<owner> <token>' for KEYS[i]
+# KEYS the leases
+# ARGV[1] lease milliseconds
+# ARGV[i + 1] '<owner> <token>' for KEYS[i]
 # Returns a list with 1 for each lease renewed and 0 for each that lapsed or changed hands.
 RENEW_LEASES = """
 local renewed = {}
@@ -370,7 +400,8 @@ return renewed
 
 # Give a lease back, if it is still the caller's.
 # KEYS[1] lease
-# ARGV[1] owner; ARGV[2] token
+# ARGV[1] owner
+# ARGV[2] token
 # Returns 1 when released, 0 when it was not the caller's.
 RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] .. ' ' .. ARGV[2] then return 0 end
@@ -379,10 +410,15 @@ return 1
 """
 
 # Append a batch of events to a run's log, fenced by its lease, then wake its tailers.
-# KEYS[1] lease; KEYS[2] log stream; KEYS[3] run meta hash
-# ARGV[1] '<owner> <token>'; ARGV[2] retention seconds; ARGV[3] log MAXLEN;
-# ARGV[4] wake-up channel; ARGV[5] number of meta field/value pairs that follow;
-# then the meta pairs, then seq/event pairs.
+# KEYS[1] lease
+# KEYS[2] log stream
+# KEYS[3] run meta hash
+# ARGV[1] '<owner> <token>'
+# ARGV[2] retention seconds
+# ARGV[3] log MAXLEN
+# ARGV[4] wake-up channel
+# ARGV[5] number of meta field/value pairs that follow
+# ARGV[6..] the meta pairs, then seq/event pairs
 # Returns 1 when appended, 0 when the caller no longer holds the lease (fenced out).
 APPEND_EVENTS = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end

@@ -38,6 +38,18 @@ from core.records import (
     sources_of,
 )
 
+DecideOutcome = Literal["decided", "partial", "repeat"]
+"""What `SessionStore.decide_calls` did: settled the session, left some calls pending, or
+found every item a repeat."""
+StartOutcome = Literal["run", "unknown", "exhausted", "skip"]
+"""What `SessionStore.start_call` did (`START_CALL`): the call may run, or was settled as
+`unknown` / `failed` (attempts exhausted), or is not the worker's to run."""
+_DecideReply = Literal[
+    "ok", "repeat", "conflict", "hash_mismatch", "unknown_call", "expired", "not_found"
+]
+_MoveReply = Literal["ok", "refused", "not_found"]
+"""The first element of what `BEGIN_RUN` and `TRANSITION` return."""
+
 
 def new_session_id() -> str:
     """An unguessable session id (128 random bits)."""
@@ -251,7 +263,7 @@ class SessionStore:
 
     async def decide_calls(
         self, session_id: str, items: Sequence[CallDecisionItem], tenant: str
-    ) -> tuple[Literal["decided", "partial", "repeat"], SessionRecord]:
+    ) -> tuple[DecideOutcome, SessionRecord]:
         """Decide some calls, each its own way, all or none; repeats are not errors.
 
         Returns "decided" when no call is left pending (the holder was woken), "partial"
@@ -263,6 +275,7 @@ class SessionStore:
         # index until its audit entries are copied, and `_expired` finds what is left.
         hooked = self.outbox is not None and "approval.decided" in self.hooks
         due_at = await self.outbox.expect(session_id) if self.outbox and hooked else None
+        outcome: _DecideReply
         outcome, *rest = await self._decide_calls(
             keys=[
                 self.keys.session(session_id),
@@ -383,6 +396,7 @@ class SessionStore:
 
         A `token` above the one that claimed it last takes over a running session.
         """
+        outcome: _MoveReply
         outcome, *rest = await self._begin_run(
             keys=[self.keys.session(session_id)],
             args=[" ".join(sources_of(SessionStatus.RUNNING)), runner, token],
@@ -398,6 +412,7 @@ class SessionStore:
 
     async def finish(self, session_id: str, target: SessionStatus) -> bool:
         """Move a running session to `completed` or `failed`; False if it was not running."""
+        outcome: _MoveReply
         outcome, *_ = await self._transition(
             keys=[self.keys.session(session_id)],
             args=[
@@ -419,8 +434,9 @@ class SessionStore:
         idempotent: bool = False,
         max_attempts: int = 1,
         job_id: str = "",
-    ) -> tuple[str, RunnableCall | None]:
+    ) -> tuple[StartOutcome, RunnableCall | None]:
         """Take a call: ('run', what to run), or ('unknown' | 'exhausted' | 'skip', None)."""
+        outcome: StartOutcome
         outcome, *rest = await self._start_call(
             keys=[self.keys.session(session_id)],
             args=[
