@@ -37,11 +37,17 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     RedisClusterUnreachableError,  # (not a RedisError) no node answers
     SlotNotCoveredError,  # (not a RedisError) no node serves the key's slot
 )
-"""What either client raises when Redis cannot serve a call now (retry later)."""
+"""The one definition of "Redis is unavailable": what either client raises when Redis
+cannot serve a call now, and a later call may succeed: what a request is answered 503
+`redis_unavailable` for, and what a held stream or readiness waits out. (A raw `OSError`
+is not in it: from a request handler it is a bug, not an outage; the loops that read
+pub/sub, where redis-py lets one through, catch `REDIS_ERRORS`.)"""
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 """Anything a Redis call can raise, on either client (the cluster client's own errors are
-not `RedisError`s): what a loop that must outlive a Redis outage catches."""
+not `RedisError`s): `UNAVAILABLE_ERRORS` and also replies that no retry fixes (a script
+error, a wrong type, a lost lock). What a best-effort write or a loop that must outlive
+any Redis failure catches; not a test of whether Redis is up."""
 
 
 def stop_if_cancelled() -> None:
@@ -54,6 +60,17 @@ def stop_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def ping(redis: RedisClient) -> None:
+    """Return once Redis answers a PING within its bound; otherwise raise one of
+    `UNAVAILABLE_ERRORS` (a refused PING, say by an ACL, counts: this client cannot use it)."""
+    try:
+        await redis.ping()
+    except UNAVAILABLE_ERRORS:
+        raise
+    except REDIS_ERRORS as error:
+        raise RedisConnectionError(f"PING refused: {error}") from error
 
 
 def connect(

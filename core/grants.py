@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.connect import RedisClient, RedisPipeline
+from core.audit import AuditEntry, AuditLog
+from core.connect import RedisClient
 from core.keys import Keys
 
 _ID_PREFIX = "conv_"
@@ -132,6 +133,17 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A standing approval of `tool` by `grantor` for `ttl_s`, for arguments hashing to
+    `sha256` ("*": any arguments)."""
+
+    tool: str
+    sha256: str
+    grantor: str
+    ttl_s: int
+
+
 class Grants:
     """Reads and writes grants in Redis."""
 
@@ -160,8 +172,20 @@ class Grants:
                 covered[call_id] = grantor
         return covered
 
-    def add_to(
-        self, pipe: RedisPipeline, scope: GrantScope, tool: str, sha: str, grantor: str, ttl_s: int
+    async def add(
+        self,
+        scope: GrantScope,
+        grants: Sequence[Grant],
+        audit: AuditLog,
+        entries: Iterable[AuditEntry],
     ) -> None:
-        """Queue a grant on a pipeline another write goes out on."""
-        pipe.set(self.keys.grant(scope.key_part(), tool, sha), grantor, ex=ttl_s)
+        """Store grants in `scope` and append their audit `entries`, in one round trip."""
+        if not grants:
+            return
+        part = scope.key_part()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for grant in grants:
+                key = self.keys.grant(part, grant.tool, grant.sha256)
+                pipe.set(key, grant.grantor, ex=grant.ttl_s)
+            audit.add_to(pipe, entries)
+            await pipe.execute()

@@ -91,6 +91,11 @@ class Keys:
         return f"{self._ix(shard)}:outbox-due"
 
     @property
+    def sweeper_lock(self) -> str:
+        """Which replica sweeps now (`core.round_lock`): its name, with a PX expiry."""
+        return f"{self.prefix}:sweeper-lock"
+
+    @property
     def hub_channel(self) -> str:
         """Channel every process's wake-up hub keeps subscribed (keeps its connection open)."""
         return f"{self.prefix}:hub"

@@ -12,22 +12,14 @@ import structlog
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import (
-    MovedError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import MovedError
+
+from core.connect import REDIS_ERRORS
 
 if TYPE_CHECKING:
     from core.wakeups import WakeupHub
 
 log = structlog.stdlib.get_logger(__name__)
-
-
-_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _ShardLink:
@@ -122,7 +114,7 @@ class ShardedChannels:
             return  # left, or its link failed, while connecting
         try:
             await link.connection.send_command("SSUBSCRIBE", channel, check_health=False)
-        except _LINK_ERRORS as error:
+        except REDIS_ERRORS as error:
             await self._drop(link, error)
 
     async def unsubscribe(self, channel: str) -> None:
@@ -150,7 +142,7 @@ class ShardedChannels:
     async def _open(self, link: _ShardLink) -> None:
         try:
             await link.connection.connect()  # type: ignore[no-untyped-call]
-        except _LINK_ERRORS as error:
+        except REDIS_ERRORS as error:
             await self._drop(link, error)
             return
         if self._links.get(link.address) is link:
@@ -165,8 +157,9 @@ class ShardedChannels:
             except MovedError as error:
                 self._moved(link, error)
                 continue
-            except (ResponseError, *_LINK_ERRORS) as error:
-                # CLUSTERDOWN, TRYAGAIN...: the command it answers is not known; start over.
+            except REDIS_ERRORS as error:
+                # An error reply (CLUSTERDOWN, TRYAGAIN...) or a lost link: the command it
+                # answers is not known; start over.
                 await self._drop(link, error)
                 return
             if isinstance(reply, list) and len(reply) == 3:
@@ -246,7 +239,7 @@ class ShardedChannels:
         witness, self._witness = self._witness, None
         try:
             await self._read_slot_map(witness)
-        except (RedisError, RedisClusterException, OSError) as error:
+        except REDIS_ERRORS as error:
             log.warning("slot_map_read_failed", error=str(error))  # retried
             self.connected = False
             self._repair_due.set()

@@ -16,10 +16,8 @@ from typing import Literal
 
 import structlog
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core.connect import RedisClient, stop_if_cancelled
+from core.connect import REDIS_ERRORS, RedisClient, stop_if_cancelled
 from core.keys import Keys
 from core.sharded_pubsub import ShardedChannels
 
@@ -173,7 +171,7 @@ class WakeupHub:
         waiters.discard(waiter)
         if not waiters:
             del self._waiters[channel]
-            with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._channels.unsubscribe(channel)
 
     def dispatch(self, kind: str, channel: str) -> None:
@@ -235,7 +233,7 @@ class _PubSubChannels:
         while True:
             try:
                 message = await self._pubsub.get_message(timeout=1.0)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            except REDIS_ERRORS as error:
                 if self.connected:
                     log.warning("wakeup_connection_lost", error=str(error))  # every waiter is woken
                 self.connected = False
@@ -286,7 +284,7 @@ class StatusPoller:
             await asyncio.sleep(self._interval_s)
             try:
                 await self.poll_once()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as error:
+            except REDIS_ERRORS as error:
                 stop_if_cancelled()
                 log.warning("status_poll_failed", error=str(error))  # the next one retries
 

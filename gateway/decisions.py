@@ -28,7 +28,7 @@ from core.errors import (
     UnknownToolCall,
     WrongProtocol,
 )
-from core.grants import GrantScope
+from core.grants import Grant, GrantScope
 from core.records import (
     CallStatus,
     SessionRecord,
@@ -207,27 +207,25 @@ async def _record(
     session = after.view
     grants = {c.tool_call_id: c.grant for c in body.calls or () if c.grant is not None}
     scope = GrantScope(session.tenant, session.requester, session.conversation)
-    entries = []
-    async with engine.store.redis.pipeline(transaction=False) as pipe:
-        for call in decided:
-            grant = grants.get(call.id)
-            if grant is None or call.decision is None:
-                continue
-            sha = call.decision.arguments_sha256 if grant.same_arguments else "*"
-            engine.grants.add_to(pipe, scope, call.name, sha, principal.name, grant.ttl_s)
-            entries.append(
-                AuditEntry.of_call(
-                    "granted",
-                    session,
-                    call,
-                    principal.name,
-                    conversation=session.conversation,
-                    arguments_sha256=sha,
-                    ttl_s=grant.ttl_s,
-                )
+    added, entries = [], []
+    for call in decided:
+        grant = grants.get(call.id)
+        if grant is None or call.decision is None:
+            continue
+        sha = call.decision.arguments_sha256 if grant.same_arguments else "*"
+        added.append(Grant(call.name, sha, principal.name, grant.ttl_s))
+        entries.append(
+            AuditEntry.of_call(
+                "granted",
+                session,
+                call,
+                principal.name,
+                conversation=session.conversation,
+                arguments_sha256=sha,
+                ttl_s=grant.ttl_s,
             )
-        engine.audit.add_to(pipe, entries)
-        await pipe.execute()
+        )
+    await engine.grants.add(scope, added, engine.audit, entries)
 
 
 async def _audit_refusal(

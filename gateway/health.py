@@ -6,11 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import SkipJsonSchema
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.connect import UNAVAILABLE_ERRORS
+from core.connect import UNAVAILABLE_ERRORS, ping
 from gateway.conversation import Engine
 from gateway.openapi import Operation, Reply
 
@@ -38,15 +37,12 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(Liveness().model_dump())
 
 
-_NOT_READY: tuple[type[Exception], ...] = (RedisError, OSError, *UNAVAILABLE_ERRORS)
-
-
 async def readyz(request: Request) -> JSONResponse:
     """Redis answers within its bound; otherwise 503."""
     engine: Engine = request.app.state.engine
     try:
-        await engine.store.redis.ping()
-    except _NOT_READY as error:
+        await ping(engine.store.redis)
+    except UNAVAILABLE_ERRORS as error:
         body = Readiness(status="unavailable", redis=f"unreachable: {error}")
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)
     body = Readiness(status="ready", redis="ok", held_streams=request.app.state.stream_slots.held)

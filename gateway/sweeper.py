@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from core.connect import REDIS_ERRORS, stop_if_cancelled
+from core.round_lock import RoundLock
 from core.store import SessionStore
 
 log = structlog.stdlib.get_logger(__name__)
@@ -28,7 +29,8 @@ class Sweeper:
         self.owner = owner
         self.interval_s = interval_s
         self.adopt_orphans = adopt_orphans
-        self.lock_key = f"{store.keys.prefix}:sweeper-lock"
+        # Twice the interval: the holder renews it every round, and it lapses soon after.
+        self.lock = RoundLock(store.redis, store.keys.sweeper_lock, owner, 2 * interval_s)
 
     async def run_forever(self) -> None:
         while True:
@@ -43,11 +45,8 @@ class Sweeper:
 
     async def sweep_once(self) -> int:
         """Expire what is overdue if this replica holds the lock; how many were expired."""
-        lock_ms = int(self.interval_s * 2000)
-        won = await self.store.redis.set(self.lock_key, self.owner, nx=True, px=lock_ms)
-        if not won and await self.store.redis.get(self.lock_key) != self.owner:
+        if not await self.lock.hold():
             return 0
-        await self.store.redis.pexpire(self.lock_key, lock_ms)
         expired = 0
         for session_id in await self.store.overdue():
             if await self.store.expire_if_overdue(session_id) == "expired":

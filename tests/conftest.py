@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.keys import Keys
 from core.logs import route_to_logging
 from deploy.cluster import raise_nofile_limit, render_nginx_conf
 from tests.hostile import HostileUpstream
@@ -109,6 +110,11 @@ class Stack:
     worker_ports: list[int] = field(default_factory=list)
     """Each worker's `/healthz` and `/metrics` port, in the order of `workers`."""
     balancers: list[Process] = field(default_factory=list)
+
+    @property
+    def keys(self) -> Keys:
+        """The key names the stack's processes use."""
+        return Keys.of(self.prefix, cluster=isinstance(self.redis, RedisCluster))
 
     def env(self) -> dict[str, str]:
         return {

@@ -124,7 +124,7 @@ def test_client_disconnect_while_pending_leaks_no_connection(make_stack: StackFa
     # twenty runs' rereads and lease renewals can overlap a few at a time on a loaded
     # machine: a full suite run once saw baseline + 3; a leak would show about + 20.)
     assert _connections(client, replica) <= baseline + streams // 4
-    assert client.pubsub_numsub(f"{stack.prefix}:hub")[0][1] == 1
+    assert client.pubsub_numsub(stack.keys.hub_channel)[0][1] == 1
 
 
 def test_holder_killed_while_pending_client_resumes_through_nginx(
@@ -184,7 +184,7 @@ def _connections(client: redis.Redis, replica: Replica) -> int:
 
 
 def _lease_holder(stack: Stack, session_id: str) -> Replica:
-    owner = stack.redis.client().get(f"{stack.prefix}:lease:{{{session_id}}}")
+    owner = stack.redis.client().get(stack.keys.lease(session_id))
     assert owner is not None
     pid = int(str(owner).split(":")[1])
     [replica] = [r for r in stack.replicas if r.process.pid == pid]

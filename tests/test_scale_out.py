@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.keys import Keys
 from tests.clients import HeldStream, consume, decide, stream_chat
 from tests.conftest import StackFactory
 from tests.processes import RedisServer
@@ -60,10 +61,10 @@ def test_lost_pubsub_messages_cost_latency_not_the_decision(make_stack: StackFac
     # The hubs reconnected and subscribed again.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if redis.pubsub_numsub(f"{stack.prefix}:hub")[0][1] == 2:
+        if redis.pubsub_numsub(stack.keys.hub_channel)[0][1] == 2:
             break
         time.sleep(0.1)
-    assert redis.pubsub_numsub(f"{stack.prefix}:hub")[0][1] == 2
+    assert redis.pubsub_numsub(stack.keys.hub_channel)[0][1] == 2
 
 
 def test_redis_frozen_for_three_seconds_hangs_nothing(
@@ -145,7 +146,7 @@ def test_worker_killed_mid_tool_never_reruns_what_is_not_idempotent(
     running = httpx.get(f"{replica.url}/v1/approvals/{session_id}").json()["tool_calls"][0]
     assert running["status"] == "running"
     assert isinstance(stack.redis, RedisServer)
-    [victim] = [w for w in stack.workers if w.pid == _worker_pid(stack.redis, stack.prefix)]
+    [victim] = [w for w in stack.workers if w.pid == _worker_pid(stack.redis, stack.keys)]
     victim.kill()
 
     seen = held.wait(timeout=60)
@@ -175,8 +176,8 @@ def test_worker_sigterm_finishes_the_call_in_hand(make_stack: StackFactory, tmp_
     assert held.wait().tool_events[-1]["type"] == "result"
 
 
-def _worker_pid(redis_server: RedisServer, prefix: str) -> int:
+def _worker_pid(redis_server: RedisServer, keys: Keys) -> int:
     """The pid of the worker whose consumer holds a pending job (names are host-pid)."""
-    pending = redis_server.client().xpending(f"{prefix}:jobs", "workers")
+    pending = redis_server.client().xpending(keys.jobs, keys.jobs_group)
     [(consumer, _count)] = [(c["name"], c["pending"]) for c in pending["consumers"]]
     return int(consumer.rsplit("-", 1)[1])

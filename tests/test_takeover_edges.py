@@ -53,7 +53,7 @@ def test_many_reattaches_at_once_take_a_run_over_once(make_stack: StackFactory) 
     doomed, survivor = stack.replicas
     session_id, notice_id = hold(doomed.url, "getStringLength of 'twice'")
     doomed.process.kill()
-    lease = f"{stack.prefix}:lease:{{{session_id}}}"
+    lease = stack.keys.lease(session_id)
     redis = stack.redis.client()
     deadline = time.monotonic() + 10
     while redis.exists(lease):

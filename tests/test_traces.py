@@ -183,7 +183,7 @@ def test_no_trace_context_is_stored_while_traces_are_off(make_stack: StackFactor
     assert not tracing.wanted({})
     stack = make_stack()
     session_id, _ = _hold(stack, "getStringLength of 'untraced'")
-    fields = stack.redis.client().hgetall(f"{stack.prefix}:session:{{{session_id}}}")
+    fields = stack.redis.client().hgetall(stack.keys.session(session_id))
     assert fields and "trace" not in fields and "wait_span" not in fields
 
 
@@ -225,7 +225,7 @@ def _reattach(url: str, session_id: str, after: int) -> list[Any]:
 
 
 def _lease_holder(stack: Stack, session_id: str) -> Any:
-    owner = stack.redis.client().get(f"{stack.prefix}:lease:{{{session_id}}}")
+    owner = stack.redis.client().get(stack.keys.lease(session_id))
     assert owner is not None
     pid = int(str(owner).split(":")[1])
     [replica] = [r for r in stack.replicas if r.process.pid == pid]
