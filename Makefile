@@ -6,7 +6,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
 .PHONY: install system-deps browser-deps js-deps run cluster test test-cluster lint pytest compose-config format clean bench \
-        compat compat-deps load
+        compat compat-deps load config-docs
 
 install: system-deps $(STAMP)
 
@@ -99,6 +99,10 @@ $(COMPAT_STAMP): compat/requirements.txt
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 	  $(COMPAT_VENV)/bin/pip install -q -r compat/requirements.txt
 	touch $(COMPAT_STAMP)
+
+## config-docs: docs/configuration.md from the settings object (tests/test_config_reference.py)
+config-docs: $(STAMP)
+	$(PY) -m core.config_reference
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

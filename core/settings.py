@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 OPENAI_FIELDS = (
@@ -60,8 +60,12 @@ class PolicyMode(StrEnum):
 class OfflineModelSettings(BaseModel):
     """The built-in stand-in for an LLM (`offline-model` command)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)  # docstrings describe fields
+
     host: str = "127.0.0.1"
+    """Offline model's address (`--host` overrides)."""
     port: int = 8001
+    """Offline model's port (`--port` overrides)."""
     token_delay_s: float = Field(default=0.0, ge=0.0, description="pause between streamed deltas")
     reply_words: int = Field(default=12, ge=1, description="length of the default reply")
 
@@ -69,13 +73,20 @@ class OfflineModelSettings(BaseModel):
 class WorkerSettings(BaseModel):
     """The tool executor (`gateway-worker` command)."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     name: str = ""
     """Consumer name in the group; empty means hostname-pid."""
     concurrency: int = Field(default=8, ge=1)
+    """Calls one worker runs at once."""
     tool_timeout_s: float = Field(default=30.0, gt=0)
+    """Default per-call time limit."""
     max_result_bytes: int = Field(default=64 * 1024, ge=256)
+    """Results are truncated past this."""
     block_ms: int = Field(default=2000, ge=10)
+    """How long one read of the job stream blocks."""
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM, in-flight calls get this long."""
     claim_idle_ms: int = Field(
         default=15_000, ge=100, description="a job idle this long is a dead worker's"
     )
@@ -92,20 +103,29 @@ class WorkerSettings(BaseModel):
 class WebhookTarget(BaseModel):
     """One receiver of signed approval events."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     url: str
+    """Where the events are POSTed."""
     secret: SecretStr
     """HMAC-SHA256 key; receivers verify `X-Gateway-Signature` with it."""
     events: list[str] = Field(default_factory=lambda: ["approval.requested", "approval.decided"])
+    """The event types sent to it (docs/webhooks.md)."""
 
 
 class ApiKey(BaseModel):
     """One API key, stored as the SHA-256 hex of the key, never the key itself."""
 
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 hex of the key."""
     name: str
     """Who holds the key: it is the actor in the audit log."""
     tenant: str
+    """The tenant whose sessions the key opens and sees."""
     roles: list[str] = Field(default_factory=lambda: ["requester"])
+    """`requester`, `approver`, `admin` (docs/authentication.md)."""
 
 
 class Settings(BaseSettings):
@@ -116,14 +136,23 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     # Redis
     redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis holding sessions, wake-ups and the job stream (on a cluster: any one node)."""
     key_prefix: str = "ag"
-    redis_timeout_s: float = Field(default=2.0, gt=0, description="bound on every hot-path call")
-    redis_max_connections: int = Field(default=64, ge=4, description="per process; calls queue")
-    redis_pool_wait_s: float = Field(default=10.0, gt=0, description="wait for a free connection")
+    """Prefix of every Redis key (several deployments can share a Redis)."""
+    redis_timeout_s: float = Field(
+        default=2.0, gt=0, description="bound on each Redis call (connect, and each reply)"
+    )
+    redis_max_connections: int = Field(
+        default=64, ge=4, description="Redis connections per process; when all are busy, calls wait"
+    )
+    redis_pool_wait_s: float = Field(
+        default=10.0, gt=0, description="how long a call waits for a free connection"
+    )
     redis_cluster: bool = Field(
         default=False, description="redis_url is one node of a Redis Cluster (7.0 or later)"
     )
@@ -132,9 +161,13 @@ class Settings(BaseSettings):
 
     # Upstream model; the default points at the offline model's default address.
     upstream_base_url: str = "http://127.0.0.1:8001/v1"
+    """OpenAI-compatible upstream (default: the offline model)."""
     upstream_api_key: SecretStr = SecretStr("offline")
+    """API key sent upstream."""
     upstream_model: str = "offline-model"
+    """Model used when a request names none."""
     upstream_timeout_s: float = Field(default=120.0, gt=0)
+    """Bound on connecting upstream and on each silence of its stream."""
     models: list[str] = Field(default_factory=list)
     """The model ids `GET /v1/models` lists; empty: the upstream's own list."""
     upstream_tool_choice: Literal["auto", "omit"] = "auto"
@@ -154,7 +187,9 @@ class Settings(BaseSettings):
 
     # Tools and policy
     tools: str = "examples.tools:TOOLS"
+    """Server-side tools, `module:attribute`."""
     tool_policy: dict[str, PolicyMode] = Field(default_factory=dict)
+    """Tool name -> `auto`, `ask` or `deny`, for tools the policy file does not list."""
     policy_file: Path | None = None
     """A TOML policy file (see docs/policy.md); its rules override `tool_policy`."""
 
@@ -164,34 +199,50 @@ class Settings(BaseSettings):
     allow_self_approval: bool = False
     """Whether the key that requested a call may decide it (only with api_keys)."""
     grant_max_ttl_s: int = Field(default=3600, ge=1, description="the longest a grant may last")
-    audit_maxlen: int = Field(default=1_000_000, ge=1000, description="audit stream MAXLEN (~)")
+    audit_maxlen: int = Field(
+        default=1_000_000, ge=1000, description="audit stream length per tenant (MAXLEN ~)"
+    )
     audit_retention_s: int = Field(
         default=30 * 24 * 3600, ge=60, description="audit entries older than this are trimmed"
     )
     webhooks: list[WebhookTarget] = Field(default_factory=list)
+    """Receivers of signed approval events (docs/webhooks.md)."""
     webhook_max_attempts: int = Field(default=8, ge=1)
+    """Attempts per webhook delivery, the first one included."""
 
     # Approvals
     approval_timeout_s: float = Field(default=600.0, gt=0)
+    """Deadline of an approval session."""
     heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    """SSE heartbeat interval on held streams (a comment line, which no client makes an event)."""
     approval_notice_as_content: bool = False
     """Also say a pending approval as a content delta, for clients that read ahead to the
     first content (a request's `X-Approval-Notice: content|chunk` overrides it)."""
     reread_interval_s: float = Field(default=2.0, gt=0)
-    tool_result_timeout_s: float = Field(default=120.0, gt=0, description="wait for workers")
+    """How often a replica re-reads the status of every session it holds (and tool-result
+    waits re-read), so a lost wake-up costs at most this."""
+    tool_result_timeout_s: float = Field(
+        default=120.0, gt=0, description="how long a replica waits for workers' results"
+    )
     lease_s: float = Field(default=10.0, gt=0, description="a dead replica's runs wait this long")
     log_flush_ms: float = Field(default=20.0, gt=0, description="batch window of run-log writes")
     session_retention_s: int = Field(default=24 * 3600, ge=60)
+    """How long finished sessions stay readable."""
     idempotency_retention_s: int = Field(
         default=24 * 3600, ge=60, description="how long an Idempotency-Key's request is kept"
     )
 
     # Limits
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    """Request body limit (413 past it)."""
     max_messages: int = Field(default=256, ge=1)
+    """Messages per request."""
     max_tool_rounds: int = Field(default=8, ge=1)
+    """Tool rounds per request."""
     max_held_streams: int = Field(default=10_000, ge=1)
+    """Streams one replica holds at once (503 past it)."""
     max_pending_sessions: int = Field(default=10_000, ge=1)
+    """Pending sessions in the deployment (503 past it)."""
     max_pending_sessions_per_tenant: int = Field(
         default=1_000, ge=1, description="one tenant's share of the pending sessions"
     )
@@ -204,7 +255,9 @@ class Settings(BaseSettings):
 
     # Gateway HTTP server
     host: str = "127.0.0.1"
+    """Where `gateway` listens (`--host` overrides); without API keys only loopback."""
     port: int = 8000
+    """Port `gateway` listens on (`--port` overrides)."""
     shutdown_grace_s: int = Field(default=5, ge=0, description="bound on a replica's shutdown")
     allow_open_bind: bool = False
     """Let a gateway without `api_keys` (open mode) listen on a non-loopback address."""
