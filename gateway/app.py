@@ -113,7 +113,7 @@ def create_app(settings: Settings, runner_id: str = "") -> Starlette:
         log.warning(
             "no_api_keys",
             message="NO API KEYS CONFIGURED: the gateway is OPEN; anyone who reaches it can "
-            "chat and approve tool calls. Set GATEWAY_API_KEYS (see README, Authentication).",
+            "chat and approve tool calls. Set GATEWAY_API_KEYS (see docs/authentication.md).",
         )
 
     @contextlib.asynccontextmanager

@@ -81,8 +81,8 @@ def open_bind_refusal(settings: Settings, host: str) -> str | None:
         return None
     return (
         f"gateway: refusing to listen on {host!r} with no API keys configured: anyone who "
-        "can reach it could chat and approve tool calls. Set GATEWAY_API_KEYS (see README, "
-        "Authentication), listen on 127.0.0.1 (GATEWAY_HOST or --host), or set "
+        "can reach it could chat and approve tool calls. Set GATEWAY_API_KEYS (see "
+        "docs/authentication.md), listen on 127.0.0.1 (GATEWAY_HOST or --host), or set "
         "GATEWAY_ALLOW_OPEN_BIND=true to serve it open anyway."
     )
 
