@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
@@ -25,19 +24,14 @@ from core.keys import Keys
 from core.records import (
     CALL_TRANSITIONS,
     SESSION_TRANSITIONS,
-    ApprovalSession,
     CallStatus,
-    Continuation,
-    SessionRecord,
     SessionStatus,
-    ToolCallView,
     ToolResult,
-    arguments_sha256,
     sources_of,
 )
-from core.settings import PolicyMode
-from core.store import CallDecisionItem, SessionStore, new_session_id
+from core.store import CallDecisionItem, SessionStore
 from tests.processes import RedisServer
+from tests.sessions import new_session
 
 Change = tuple[Literal["session", "call"], str, str]
 """One status change a script made: whose, from, to."""
@@ -102,35 +96,6 @@ async def observed(redis_server: RedisServer) -> AsyncIterator[Observe]:
         setattr(store, name, _Observed(getattr(store, name), client, seen))
     yield store, seen
     await client.aclose()
-
-
-async def new_session(
-    store: SessionStore, sides: Sequence[Literal["server", "client"]], ttl: float = 60
-) -> str:
-    now = time.time()
-    views = [
-        ToolCallView(
-            id=f"call_{i}",
-            name="getStringLength",
-            arguments={"text": "x" * i},
-            arguments_sha256=arguments_sha256({"text": "x" * i}),
-            policy=PolicyMode.ASK,
-            status=CallStatus.PENDING,
-            side=side,
-        )
-        for i, side in enumerate(sides)
-    ]
-    session = ApprovalSession(
-        id=new_session_id(),
-        status=SessionStatus.PENDING,
-        protocol="openai",
-        model="m",
-        created_at=now,
-        expires_at=now + ttl,
-        tool_calls=views,
-    )
-    await store.create(SessionRecord(view=session, continuation=Continuation(messages=[])), {})
-    return session.id
 
 
 async def decide(store: SessionStore, session_id: str, call_id: str, kind: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -14,19 +13,15 @@ from core.errors import DecisionConflict, SessionExpired, SessionNotFound
 from core.keys import Keys
 from core.records import (
     SESSION_TRANSITIONS,
-    ApprovalSession,
     CallStatus,
-    Continuation,
-    SessionRecord,
     SessionStatus,
-    ToolCallView,
     ToolResult,
     arguments_sha256,
     sources_of,
 )
-from core.settings import PolicyMode
 from core.store import SessionStore, new_session_id
 from tests.processes import RedisServer
+from tests.sessions import new_session
 
 _prefixes = itertools.count()
 
@@ -36,32 +31,6 @@ async def store(redis_server: RedisServer) -> AsyncIterator[SessionStore]:
     client = Redis.from_url(redis_server.url, decode_responses=True)
     yield SessionStore(client, Keys(f"store{next(_prefixes)}"), retention_s=60)
     await client.aclose()
-
-
-async def new_session(store: SessionStore, calls: int = 1, ttl: float = 60) -> str:
-    now = time.time()
-    views = [
-        ToolCallView(
-            id=f"call_{i}",
-            name="getStringLength",
-            arguments={"text": "x" * i},
-            arguments_sha256=arguments_sha256({"text": "x" * i}),
-            policy=PolicyMode.ASK,
-            status=CallStatus.PENDING,
-        )
-        for i in range(calls)
-    ]
-    session = ApprovalSession(
-        id=new_session_id(),
-        status=SessionStatus.PENDING,
-        protocol="openai",
-        model="m",
-        created_at=now,
-        expires_at=now + ttl,
-        tool_calls=views,
-    )
-    await store.create(SessionRecord(view=session, continuation=Continuation(messages=[])), {})
-    return session.id
 
 
 def test_every_status_is_in_the_transition_table_and_terminals_have_no_exit() -> None:
