@@ -19,6 +19,7 @@ from redis.asyncio import Redis, RedisCluster
 
 from core.connect import REDIS_ERRORS, RedisClient, stop_if_cancelled
 from core.keys import Keys
+from core.records import SessionStatus
 from core.sharded_pubsub import ShardedChannels
 
 log = structlog.stdlib.get_logger(__name__)
@@ -297,6 +298,6 @@ class StatusPoller:
                     pipe.hget(self._keys.session(session_id), "status")
                 statuses: list[str | None] = await pipe.execute()
             for session_id, status in zip(batch, statuses, strict=True):
-                if status != "pending":
+                if status != SessionStatus.PENDING:
                     for waiter in self._waiting.get(session_id, ()):
                         waiter.wake()

@@ -33,7 +33,7 @@ from core.errors import (
     UnknownToolCall,
     UnsupportedMediaType,
 )
-from core.records import ApprovalSession, SessionRecord
+from core.records import ApprovalSession, SessionRecord, SessionStatus
 from gateway import decisions, traces
 from gateway.auth import Principal, principal_of
 from gateway.conversation import Engine
@@ -94,8 +94,8 @@ async def list_approvals(request: Request) -> JSONResponse:
     principal = principal_of(request)
     principal.require("requester", "approver")
     engine: Engine = request.app.state.engine
-    status = request.query_params.get("status", "pending")
-    if status != "pending":
+    status = request.query_params.get("status", SessionStatus.PENDING)
+    if status != SessionStatus.PENDING:
         raise InvalidRequest("status: only 'pending' can be listed")
     limit = query_int(request.query_params, "limit", 100, 1, 1000)
     # A non-admin's list is read from its tenant's own index: another tenant's pending

@@ -16,7 +16,7 @@ import orjson
 from openai.types.chat import ChatCompletionChunk
 from pydantic.json_schema import SkipJsonSchema
 
-from core.records import ApprovalSession
+from core.records import ApprovalSession, CallStatus, SessionStatus
 from gateway import sse
 from gateway.events import (
     ApprovalNotice,
@@ -156,7 +156,7 @@ class ChunkWriter:
                 return [self._content_payload(text)]
             case ApprovalNotice(session):
                 notice = orjson.dumps(self.chunk({}, approval=session.model_dump(mode="json")))
-                if not self.meta.notice_as_content or session.status != "pending":
+                if not self.meta.notice_as_content or session.status is not SessionStatus.PENDING:
                     return [notice]
                 return [notice, self._content_payload(notice_text(session))]
             case ToolEvent():
@@ -180,7 +180,7 @@ class ChunkWriter:
 
 def notice_text(session: ApprovalSession) -> str:
     """A pending approval said in words, for clients that show only content."""
-    waiting = [call.name for call in session.tool_calls if call.status == "pending"]
+    waiting = [call.name for call in session.tool_calls if call.status is CallStatus.PENDING]
     return (
         f"[Waiting for approval of {', '.join(waiting)}: approval session {session.id}, "
         f"conversation {session.conversation}]\n"

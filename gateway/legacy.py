@@ -33,6 +33,7 @@ from core.errors import (
     UnsupportedMediaType,
     WrongProtocol,
 )
+from core.records import CallStatus, SessionStatus
 from gateway import decisions, sse, traces
 from gateway.auth import principal_of
 from gateway.completions import CONVERSATION_HEADER
@@ -178,11 +179,11 @@ async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
 
 def _render(event: Event) -> BaseModel | None:
     match event:
-        case ApprovalNotice(session) if session.status == "pending":
+        case ApprovalNotice(session) if session.status is SessionStatus.PENDING:
             pending = [
                 LegacyToolCall(id=c.id, name=c.name, arguments=c.arguments)
                 for c in session.tool_calls
-                if c.status == "pending"
+                if c.status is CallStatus.PENDING
             ]
             return LegacyApprovalRequired(sessionId=session.id, toolCalls=pending)
         case ToolEvent(type="executing"):

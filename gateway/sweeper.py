@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from core.connect import REDIS_ERRORS, stop_if_cancelled
+from core.records import SessionStatus
 from core.round_lock import RoundLock
 from core.store import SessionStore
 
@@ -49,7 +50,7 @@ class Sweeper:
             return 0
         expired = 0
         for session_id in await self.store.overdue():
-            if await self.store.expire_if_overdue(session_id) == "expired":
+            if await self.store.expire_if_overdue(session_id) is SessionStatus.EXPIRED:
                 expired += 1
         if self.adopt_orphans is not None:
             await self.adopt_orphans()
