@@ -60,10 +60,10 @@ from gateway import (
 )
 from gateway import metrics as replica_metrics
 from gateway.auth import Authenticator
-from gateway.conversation import Engine
 from gateway.hosts import HostGuard
 from gateway.metrics import HttpMetrics, Metrics, metrics_page
 from gateway.models import ModelList
+from gateway.replica import Replica
 from gateway.request_ids import RequestIds
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
@@ -152,7 +152,7 @@ def create_app(settings: Settings, runner_id: str = "") -> Starlette:
         await webhooks.start()
         metrics.follow_webhooks(webhooks.outcomes)
         upstream = make_upstream(settings)
-        app.state.engine = Engine(
+        app.state.replica = Replica(
             settings=settings,
             store=store,
             jobs=JobQueue(redis, keys),
@@ -172,11 +172,11 @@ def create_app(settings: Settings, runner_id: str = "") -> Starlette:
         )
         app.state.stream_slots = slots = StreamSlots(settings.max_held_streams)
         metrics.follow_held_streams(lambda: slots.held)
-        app.state.models = ModelList(app.state.engine)
+        app.state.models = ModelList(app.state.replica)
         app.state.started_at = time.time()
         app.state.authenticator = authenticator
         runlog = RunLog(redis, keys, settings.session_retention_s, background=background)
-        app.state.runs = runs = RunRegistry(app.state.engine, runlog)
+        app.state.runs = runs = RunRegistry(app.state.replica, runlog)
         sweeper = asyncio.create_task(
             Sweeper(store, runner_id, adopt_orphans=runs.adopt_orphans).run_forever(),
             name="sweeper",

@@ -36,9 +36,9 @@ from core.errors import (
 from core.records import ApprovalSession, SessionRecord, SessionStatus
 from gateway import decisions, traces
 from gateway.auth import Principal, principal_of
-from gateway.conversation import Engine
 from gateway.openapi import Operation, Param, Reply
 from gateway.opening import provenance_of
+from gateway.replica import Replica
 from gateway.requests import DecisionRequest, query_int, read_json, validate
 
 
@@ -93,7 +93,7 @@ async def list_approvals(request: Request) -> JSONResponse:
     """Pending sessions of the caller's tenant (every tenant's for an admin)."""
     principal = principal_of(request)
     principal.require("requester", "approver")
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     status = request.query_params.get("status", SessionStatus.PENDING)
     if status != SessionStatus.PENDING:
         raise InvalidRequest("status: only 'pending' can be listed")
@@ -101,7 +101,7 @@ async def list_approvals(request: Request) -> JSONResponse:
     # A non-admin's list is read from its tenant's own index: another tenant's pending
     # sessions cannot crowd it out of the first `limit`.
     tenant = None if "admin" in principal.roles else principal.tenant
-    sessions = [s for s in await engine.store.list_pending(limit, tenant) if principal.sees(s)]
+    sessions = [s for s in await replica.store.list_pending(limit, tenant) if principal.sees(s)]
     conversation = request.query_params.get("conversation")
     if conversation:  # the issued id, or the client's own label
         sessions = [s for s in sessions if conversation in (s.conversation, s.conversation_label)]
@@ -114,23 +114,23 @@ async def list_approvals(request: Request) -> JSONResponse:
     shown_sessions = [shown(principal, s) for s in sessions]
     if include:
         readable = [view.id for view in shown_sessions if _may_read_context(principal, view)]
-        full = {record.id: record for record in await engine.store.get_many(readable)}
+        full = {record.id: record for record in await replica.store.get_many(readable)}
         for view in shown_sessions:
             if view.id in full:  # (a session gone since the list was read has none)
-                explain(engine, view, full[view.id])
+                explain(replica, view, full[view.id])
     return JSONResponse(SessionPage(data=shown_sessions).model_dump(mode="json"))
 
 
 async def get_approval(request: Request) -> JSONResponse:
     principal = principal_of(request)
     principal.require("requester", "approver")
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     session_id = request.path_params["session_id"]
-    record = await engine.store.get(session_id, view_only=True)
+    record = await replica.store.get(session_id, view_only=True)
     principal.require_sees(record.view)
     view = shown(principal, record.view)
     if _may_read_context(principal, view):  # only then is the conversation read
-        explain(engine, view, await engine.store.get(session_id))
+        explain(replica, view, await replica.store.get(session_id))
     return JSONResponse(view.model_dump(mode="json"))
 
 
@@ -147,13 +147,13 @@ MAX_SCHEMA_BYTES = 64 * 1024
 that call as exact JSON, still checked by the server against the whole schema."""
 
 
-def explain(engine: Engine, view: ShownSession, record: SessionRecord) -> None:
+def explain(replica: Replica, view: ShownSession, record: SessionRecord) -> None:
     """Add `context` and `schemas` to `view`, from its session read with its conversation."""
     messages = record.continuation.messages
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     before_calls = messages[-1] if messages and messages[-1].get("role") == "assistant" else {}
     # One provenance per tool message, in order: paired by position, not by content.
-    origins = iter(provenance_of(engine, messages))
+    origins = iter(provenance_of(replica, messages))
     results = []
     for index, message in enumerate(messages):
         if message.get("role") != "tool":
@@ -175,7 +175,7 @@ def explain(engine: Engine, view: ShownSession, record: SessionRecord) -> None:
         assistant_text=_text_item(before_calls.get("content")) if before_calls else None,
         tool_results=results[-MAX_CONTEXT_RESULTS:],
     )
-    view.schemas = _schemas(engine, record)
+    view.schemas = _schemas(replica, record)
 
 
 def _text_item(content: object) -> TextItem:
@@ -195,7 +195,7 @@ def _text_of(content: object) -> str:
     return str(content)
 
 
-def _schemas(engine: Engine, record: SessionRecord) -> dict[str, Any]:
+def _schemas(replica: Replica, record: SessionRecord) -> dict[str, Any]:
     """The argument schema of each tool the session calls, by tool name."""
     declared = {
         str((tool.get("function") or {}).get("name")): (tool.get("function") or {}).get(
@@ -204,7 +204,7 @@ def _schemas(engine: Engine, record: SessionRecord) -> dict[str, Any]:
         or {}
         for tool in record.continuation.client_tools
     }
-    server = {s["function"]["name"]: s["function"]["parameters"] for s in engine.toolbox.schemas}
+    server = {s["function"]["name"]: s["function"]["parameters"] for s in replica.toolbox.schemas}
     schemas: dict[str, Any] = {}
     for call in record.view.tool_calls:
         schema = declared.get(call.name) if call.side == "client" else server.get(call.name)
@@ -225,9 +225,9 @@ def shown(principal: Principal, session: ApprovalSession) -> ShownSession:
 async def decide(request: Request) -> JSONResponse:
     """Decide every pending call the same way, or each call its own way; repeats are 200."""
     principal = principal_of(request)
-    engine: Engine = request.app.state.engine
-    body = validate(DecisionRequest, await read_json(request, engine.settings.max_body_bytes))
-    record = await decisions.decide(engine, principal, request.path_params["session_id"], body)
+    replica: Replica = request.app.state.replica
+    body = validate(DecisionRequest, await read_json(request, replica.settings.max_body_bytes))
+    record = await decisions.decide(replica, principal, request.path_params["session_id"], body)
     traces.decided(record, body, principal.name)
     return JSONResponse(record.view.model_dump(mode="json"))
 

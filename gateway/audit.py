@@ -26,8 +26,8 @@ from core.errors import Forbidden, InvalidRequest, RedisUnavailable
 from core.keys import Keys
 from core.settings import Settings
 from gateway.auth import principal_of
-from gateway.conversation import Engine
 from gateway.openapi import Operation, Param, Reply
+from gateway.replica import Replica
 from gateway.requests import query_int
 
 _FILTERS = ("session", "tool", "actor", "event")
@@ -64,13 +64,13 @@ class AuditPage(BaseModel):
 async def list_audit(request: Request) -> JSONResponse:
     principal = principal_of(request)
     principal.require("approver")
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     params = request.query_params
     limit = query_int(params, "limit", 100, 1, 1000)
     after = entry_id(params.get("after"), "after")
     wanted = {name: params[name] for name in _FILTERS if params.get(name)}
     admin = "admin" in principal.roles
-    found = await engine.audit.page(
+    found = await replica.audit.page(
         tenant=(params.get("tenant") or None) if admin else principal.tenant,
         since_ms=_time_ms(params.get("since"), "since"),
         until_ms=_time_ms(params.get("until"), "until"),

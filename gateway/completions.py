@@ -39,8 +39,9 @@ from core.errors import (
 from core.records import ApprovalSession, SessionStatus
 from gateway import sse
 from gateway.auth import principal_of
+from gateway.chat_context import ChatContext
 from gateway.chunks import ChunkMeta, ChunkWriter
-from gateway.conversation import ChatContext, Engine, converse
+from gateway.conversation import converse
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
@@ -57,6 +58,7 @@ from gateway.idempotent import Retry
 from gateway.openapi import Operation, Param, Reply
 from gateway.opening import client_checkers
 from gateway.reattach import CHUNKS
+from gateway.replica import Replica
 from gateway.request_ids import request_id_of
 from gateway.requests import ChatCompletionRequest, read_json, validate
 from gateway.runs import RunRegistry
@@ -80,25 +82,25 @@ class Completion(ChatCompletion):
 async def chat_completions(request: Request) -> Response:
     principal = principal_of(request)
     principal.require("requester")
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     runs: RunRegistry = request.app.state.runs
     if runs.draining:
         raise Unavailable("this replica is shutting down; retry on another")
-    engine.check_redis()
-    raw = await read_json(request, engine.settings.max_body_bytes)
+    replica.check_redis()
+    raw = await read_json(request, replica.settings.max_body_bytes)
     body = validate(ChatCompletionRequest, raw)
-    _check_limits(engine, body)
-    retry = Retry.of(engine, principal, request, raw)
+    _check_limits(replica, body)
+    retry = Retry.of(replica, principal, request, raw)
     if retry is not None and (prior := await retry.claim()) is not None:
         return await retry.repeat(request, prior, body.stream)
-    conversation, label = engine.conversation_ids.resolve(
+    conversation, label = replica.conversation_ids.resolve(
         request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
     )
     ctx = ChatContext(
-        model=body.model or engine.settings.upstream_model,
+        model=body.model or replica.settings.upstream_model,
         protocol="openai",
         hold=True,
-        params=body.upstream_params(engine.settings.upstream_fields),
+        params=body.upstream_params(replica.settings.upstream_fields),
         client_tools=[tool.model_dump(exclude_none=True) for tool in body.tools],
         logged=body.stream,
         tenant=principal.tenant,
@@ -112,19 +114,19 @@ async def chat_completions(request: Request) -> Response:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     notice = request.headers.get(NOTICE_HEADER, "").lower()
     as_content = notice == "content" or (
-        notice != "chunk" and engine.settings.approval_notice_as_content
+        notice != "chunk" and replica.settings.approval_notice_as_content
     )
     meta = ChunkMeta.new(ctx.model, include_usage, as_content)
     headers = {CONVERSATION_HEADER: conversation}
     try:
         # A refused history is recorded for the request's retries like any answer.
-        events = converse(engine, ctx, await restore_history(engine, ctx, messages))
+        events = converse(replica, ctx, await restore_history(replica, ctx, messages))
         if body.stream:
             # The headers wait for the upstream's first answer, so an upstream that fails
             # before it gets a real HTTP status, which the SDKs retry as they would OpenAI.
             first = await anext(events)
         else:
-            completion = await _complete(engine, events, ChunkWriter(meta))
+            completion = await _complete(replica, events, ChunkWriter(meta))
     except GatewayError as error:
         if retry is not None:
             await retry.failed(error)
@@ -143,13 +145,13 @@ async def _after(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Even
         yield event
 
 
-def _check_limits(engine: Engine, body: ChatCompletionRequest) -> None:
-    if len(body.messages) > engine.settings.max_messages:
-        raise InvalidRequest(f"messages: at most {engine.settings.max_messages} are allowed")
+def _check_limits(replica: Replica, body: ChatCompletionRequest) -> None:
+    if len(body.messages) > replica.settings.max_messages:
+        raise InvalidRequest(f"messages: at most {replica.settings.max_messages} are allowed")
     names = [t.function.name for t in body.tools]
     if len(set(names)) != len(names):
         raise InvalidRequest("tools: each function name may be declared once", "tools")
-    clashes = set(names) & set(engine.toolbox.tools)
+    clashes = set(names) & set(replica.toolbox.tools)
     if clashes:
         raise InvalidRequest(f"tools: {sorted(clashes)} clash with server-side tools", "tools")
     try:  # the arguments of client calls are checked against these schemas
@@ -200,7 +202,7 @@ async def _stream(
 
 
 async def _complete(
-    engine: Engine, events: AsyncIterator[Event], chunks: ChunkWriter
+    replica: Replica, events: AsyncIterator[Event], chunks: ChunkWriter
 ) -> dict[str, Any]:
     """Drive the conversation to its end and build one `chat.completion`."""
     text: list[str] = []
@@ -235,7 +237,7 @@ async def _complete(
         "usage": chunks.usage(finished),
     }
     if session_id is not None:
-        record = await engine.store.get(session_id)
+        record = await replica.store.get(session_id)
         completion["approval"] = record.view.model_dump(mode="json")
     return completion
 

@@ -13,18 +13,14 @@ import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from core.audit import AuditLog
 from core.connect import UNAVAILABLE_ERRORS, stop_if_cancelled
-from core.errors import DecisionConflict, RedisUnavailable, UpstreamError
-from core.grants import ConversationIds, ConversationTaint, Grants, GrantScope
-from core.handoffs import Handoffs
-from core.idempotency import IdempotentRequests
-from core.jobs import JobQueue
+from core.errors import DecisionConflict, UpstreamError
+from core.grants import GrantScope
 from core.records import (
     CALL_DONE_STATUSES,
     CallStatus,
@@ -32,11 +28,10 @@ from core.records import (
     SessionStatus,
     ToolCallView,
 )
-from core.settings import Settings
-from core.store import Claim, SessionStore
-from core.tools import ToolBox
-from core.wakeups import StatusPoller, Waiter, WakeupHub
+from core.store import Claim
+from core.wakeups import Waiter
 from gateway import traces
+from gateway.chat_context import ChatContext
 from gateway.events import (
     ApprovalNotice,
     ClientToolCalls,
@@ -49,86 +44,13 @@ from gateway.events import (
     ToolEvent,
 )
 from gateway.handoff import client_call, released_calls
-from gateway.metrics import Metrics
 from gateway.opening import classify_turn, open_session, provenance_of
 from gateway.outcomes import tool_message
-from gateway.upstream import TurnEnd, Upstream
-from gateway.webhooks import WebhookSender
+from gateway.replica import Replica
+from gateway.upstream import TurnEnd
 
 HEARTBEAT = Heartbeat()
 log = structlog.stdlib.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class Engine:
-    """What every conversation of one replica shares."""
-
-    settings: Settings
-    store: SessionStore
-    jobs: JobQueue
-    hub: WakeupHub
-    poller: StatusPoller
-    toolbox: ToolBox
-    upstream: Upstream
-    runner_id: str
-    audit: AuditLog
-    grants: Grants
-    conversation_ids: ConversationIds
-    taint: ConversationTaint
-    handoffs: Handoffs
-    idempotency: IdempotentRequests
-    webhooks: WebhookSender | None = None
-    metrics: Metrics = field(default_factory=Metrics)
-
-    def check_redis(self) -> None:
-        """Fail fast (503) while the wake-up connection says Redis is down."""
-        if not self.hub.connected:
-            raise RedisUnavailable("redis is unavailable; no approval could be stored")
-
-
-@dataclass(slots=True)
-class ChatContext:
-    """One chat request's choices, kept with its sessions so any replica can continue it."""
-
-    model: str
-    protocol: Literal["openai", "legacy"]
-    hold: bool
-    """Wait for decisions in this request (False: end the stream at the approval notice)."""
-    params: dict[str, Any] = field(default_factory=dict)
-    client_tools: list[dict[str, Any]] = field(default_factory=list)
-    logged: bool = False
-    """A streamed request: from its first approval notice on, its events go to a run log."""
-    log_id: str = ""
-    """The run log, once the first approval notice opened it."""
-    tenant: str = "default"
-    requester: str = "anonymous"
-    conversation: str = ""
-    """The gateway-issued conversation id grants are scoped to (`X-Conversation-Id`)."""
-    conversation_label: str = ""
-    """What the client sent as `X-Conversation-Id` when it was not an id issued to it."""
-    request_id: str = ""
-    """The request's `X-Request-Id`, kept on its sessions."""
-    trace: str = ""
-    """The `traceparent` of the chat request's span: the parent of the conversation's spans
-    (gateway.traces), kept on its sessions so any replica continues the trace."""
-
-    @classmethod
-    def of_session(cls, record: SessionRecord, *, hold: bool) -> ChatContext:
-        return cls(
-            model=record.view.model,
-            protocol=record.view.protocol,
-            hold=hold,
-            params=record.continuation.params,
-            client_tools=record.continuation.client_tools,
-            logged=bool(record.log_id),
-            log_id=record.log_id,
-            tenant=record.view.tenant,
-            requester=record.view.requester,
-            conversation=record.view.conversation,
-            conversation_label=record.view.conversation_label,
-            request_id=record.view.request_id,
-            trace=record.trace,
-        )
 
 
 @dataclass(slots=True)
@@ -142,21 +64,23 @@ class _Usage:
 
 
 async def converse(
-    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]], rounds_used: int = 0
+    replica: Replica, ctx: ChatContext, messages: list[dict[str, Any]], rounds_used: int = 0
 ) -> AsyncIterator[Event]:
     """Run the model until it answers, holding and running server-side tool calls on the way."""
     usage = _Usage()
     answer: list[str] = []  # all the client's assistant message will say
     while True:
-        offer_tools = rounds_used < engine.settings.max_tool_rounds
-        tools = [*engine.toolbox.schemas, *ctx.client_tools] if offer_tools else []
+        offer_tools = rounds_used < replica.settings.max_tool_rounds
+        tools = [*replica.toolbox.schemas, *ctx.client_tools] if offer_tools else []
         turn = TurnEnd()
         text: list[str] = []
         with (
-            engine.metrics.upstream_turn() as timing,
+            replica.metrics.upstream_turn() as timing,
             traces.upstream_turn(ctx.trace, ctx.model) as span,
         ):
-            async for pieces in engine.upstream.stream_turn(ctx.model, messages, tools, ctx.params):
+            async for pieces in replica.upstream.stream_turn(
+                ctx.model, messages, tools, ctx.params
+            ):
                 if isinstance(pieces, TurnEnd):
                     turn = pieces
                 else:
@@ -168,26 +92,26 @@ async def converse(
             traces.turn_ended(span, turn)
         usage.add(turn)
         if not turn.calls:
-            await _remember_taint(engine, ctx, messages, "".join(answer), [])
+            await _remember_taint(replica, ctx, messages, "".join(answer), [])
             yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
             return
         if not offer_tools:
             # No tools were offered, so nothing may run: a model that calls them anyway
             # would otherwise go round forever.
             raise UpstreamError(
-                f"the model kept calling tools after {engine.settings.max_tool_rounds} rounds "
+                f"the model kept calling tools after {replica.settings.max_tool_rounds} rounds "
                 "(GATEWAY_MAX_TOOL_ROUNDS)"
             )
-        classified = await classify_turn(engine, ctx, messages, turn.calls)
+        classified = await classify_turn(replica, ctx, messages, turn.calls)
         if classified.passes_through:  # client calls policy lets through: as without us
             calls = [client_call(view, view.upstream_id) for view in classified.views]
-            await _remember_taint(engine, ctx, messages, "".join(answer), [c["id"] for c in calls])
+            await _remember_taint(replica, ctx, messages, "".join(answer), [c["id"] for c in calls])
             yield ClientToolCalls(calls)
             yield Finished(turn.finish_reason, usage.prompt_tokens, usage.completion_tokens)
             return
         rounds_used += 1
         session = await open_session(
-            engine, ctx, messages, "".join(text), turn.calls, rounds_used, classified
+            replica, ctx, messages, "".join(text), turn.calls, rounds_used, classified
         )
         # A held stream keeps only what it needs while it waits; the conversation is in
         # Redis, and the claim after the decision reads it back.
@@ -198,10 +122,10 @@ async def converse(
             if not ctx.hold:
                 return
         asked, messages = messages, []
-        async for event in _decide_then_run(engine, session, messages):
+        async for event in _decide_then_run(replica, session, messages):
             if isinstance(event, ReleasedToClient):  # the client runs these: its turn now
                 ids = [call["id"] for call in event.calls]
-                await _remember_taint(engine, ctx, asked, "".join(answer), ids)
+                await _remember_taint(replica, ctx, asked, "".join(answer), ids)
                 yield ClientToolCalls(event.calls)
                 yield Finished("tool_calls", usage.prompt_tokens, usage.completion_tokens)
                 return
@@ -210,27 +134,27 @@ async def converse(
 
 
 async def resume(
-    engine: Engine, session_id: str, *, hold: bool, token: int = 0
+    replica: Replica, session_id: str, *, hold: bool, token: int = 0
 ) -> AsyncIterator[Event]:
     """Continue a session here: wait for its decision if it is pending, run its tools, then
     the model. With a lease `token`, take over from a runner that stopped mid-way."""
-    record = await engine.store.get(session_id)
+    record = await replica.store.get(session_id)
     if token:
-        traces.run_event("run takeover", record, token=token, replica=engine.runner_id)
+        traces.run_event("run takeover", record, token=token, replica=replica.runner_id)
     messages: list[dict[str, Any]] = []
-    async for event in _decide_then_run(engine, record, messages, token):
+    async for event in _decide_then_run(replica, record, messages, token):
         if isinstance(event, ReleasedToClient):
             yield ClientToolCalls(event.calls)
             yield Finished("tool_calls", 0, 0)
             return
         yield event
     ctx = ChatContext.of_session(record, hold=hold)
-    async for event in converse(engine, ctx, messages, record.continuation.rounds_used):
+    async for event in converse(replica, ctx, messages, record.continuation.rounds_used):
         yield event
 
 
 async def _decide_then_run(
-    engine: Engine, record: SessionRecord, conversation: list[dict[str, Any]], token: int = 0
+    replica: Replica, record: SessionRecord, conversation: list[dict[str, Any]], token: int = 0
 ) -> AsyncIterator[Event | ReleasedToClient]:
     """Wait for a pending session's decision, then run its tools: one subscription for both,
     so the wake-up that ends the wait leads straight to the claim. Fills `conversation`
@@ -240,25 +164,25 @@ async def _decide_then_run(
     (a lost reply) gets the same answer, while any other continuation of the same
     decision (a retried request, here or on another replica) is refused.
     """
-    claimant = f"{engine.runner_id}/{secrets.token_hex(6)}"
-    async with engine.hub.watch(record.id) as waiter:
+    claimant = f"{replica.runner_id}/{secrets.token_hex(6)}"
+    async with replica.hub.watch(record.id) as waiter:
         claim = None
         if record.status is SessionStatus.PENDING:
-            claim = await _await_decision(engine, record, waiter, claimant, token)
+            claim = await _await_decision(replica, record, waiter, claimant, token)
             if claim.status is SessionStatus.EXPIRED and claim.record is not None:
                 traces.wait_ended(claim.record)  # a decision ends its wait where it is taken
                 expired = claim.record.view.model_copy(update={"status": SessionStatus.EXPIRED})
                 yield ApprovalNotice(expired)
             elif claim.record is not None:
-                engine.metrics.resumed(claim.record.view)
+                replica.metrics.resumed(claim.record.view)
         if claim is None:
-            claim = await engine.store.begin_run(record.id, claimant, token)
-        async for event in run_tools(engine, record.id, conversation, waiter, claim, token):
+            claim = await replica.store.begin_run(record.id, claimant, token)
+        async for event in run_tools(replica, record.id, conversation, waiter, claim, token):
             yield event
 
 
 async def _await_decision(
-    engine: Engine, record: SessionRecord, waiter: Waiter, claimant: str, token: int
+    replica: Replica, record: SessionRecord, waiter: Waiter, claimant: str, token: int
 ) -> Claim:
     """Hold until the session leaves `pending` (decided, or expired at its deadline), then
     claim it. Nothing is sent meanwhile: whoever relays the stream sends heartbeats
@@ -266,25 +190,25 @@ async def _await_decision(
     wake-up *is* the claim (`BEGIN_RUN` refuses a pending session cheaply), so a decision
     is one round trip away from its first event."""
     session_id, expires_at = record.id, record.view.expires_at
-    engine.poller.add(session_id, waiter)  # the safety net under pub/sub
+    replica.poller.add(session_id, waiter)  # the safety net under pub/sub
     try:
-        claim = await _try_claim(engine, session_id, claimant, token)
+        claim = await _try_claim(replica, session_id, claimant, token)
         while claim.status is SessionStatus.PENDING:
             left = expires_at - time.time()
             if left <= 0:
-                with _redis_trouble_tolerated(engine):
-                    await engine.store.expire_if_overdue(session_id)
+                with _redis_trouble_tolerated(replica):
+                    await replica.store.expire_if_overdue(session_id)
                 left = 0.05  # Redis's clock may lag ours by a little
             woken = await waiter.wait(left)
             if woken or time.time() >= expires_at:
-                claim = await _try_claim(engine, session_id, claimant, token)
+                claim = await _try_claim(replica, session_id, claimant, token)
     finally:
-        engine.poller.discard(session_id, waiter)
+        replica.poller.discard(session_id, waiter)
     return claim
 
 
 async def run_tools(
-    engine: Engine,
+    replica: Replica,
     session_id: str,
     conversation: list[dict[str, Any]],
     waiter: Waiter,
@@ -309,19 +233,19 @@ async def run_tools(
             yield progress
         calls = record.view.tool_calls
         conversation.extend(tool_message(c) for c in calls if c.status is not CallStatus.RELEASED)
-        async for handed in _hand_over(engine, record):
+        async for handed in _hand_over(replica, record):
             yield handed
         return
     # The calls are queued in the session already. A runner taking over reports the progress
     # of every call again (its run sends only what its log does not hold yet).
     for started in _start_events(record, taking_over=bool(token)):
         yield started
-    await _mark_if_untrusted(engine, record, queued)
+    await _mark_if_untrusted(replica, record, queued)
     names = {call.id: call.name for call in record.view.tool_calls}
     jobs = [(call_id, names[call_id]) for call_id in queued]
-    await engine.jobs.enqueue(session_id, jobs, record.trace)
-    timeout_s = engine.settings.tool_result_timeout_s
-    async for update in _await_results(engine, waiter, record, timeout_s):
+    await replica.jobs.enqueue(session_id, jobs, record.trace)
+    timeout_s = replica.settings.tool_result_timeout_s
+    async for update in _await_results(replica, waiter, record, timeout_s):
         if isinstance(update, SessionRecord):
             record = update
         else:
@@ -331,45 +255,47 @@ async def run_tools(
     conversation.extend(tool_message(c) for c in calls if c.status is not CallStatus.RELEASED)
     # A runner that takes over a finished session hands its released calls over again
     # (above), so dying between these two steps loses nothing.
-    await engine.store.finish(session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED)
-    async for handed in _hand_over(engine, record):
+    await replica.store.finish(
+        session_id, SessionStatus.COMPLETED if done else SessionStatus.FAILED
+    )
+    async for handed in _hand_over(replica, record):
         yield handed
 
 
-async def _hand_over(engine: Engine, record: SessionRecord) -> AsyncIterator[ReleasedToClient]:
+async def _hand_over(replica: Replica, record: SessionRecord) -> AsyncIterator[ReleasedToClient]:
     """The session's released client calls, for the client to run (recorded for its next
     request)."""
     released = released_calls(record)
     if released:
-        await engine.handoffs.record(record.id, [call.id for call in released])
+        await replica.handoffs.record(record.id, [call.id for call in released])
         yield ReleasedToClient([client_call(call, call.id) for call in released])
 
 
 async def _remember_taint(
-    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]], text: str, ids: list[str]
+    replica: Replica, ctx: ChatContext, messages: list[dict[str, Any]], text: str, ids: list[str]
 ) -> None:
     """When the model answered with untrusted output in its context, mark its answer, so the
     client's next request, which carries it but not the server-side results, is tainted too."""
     scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
-    untrusted = any(p.untrusted for p in provenance_of(engine, messages))
-    if untrusted or await engine.taint.holds(scope, messages):
-        await engine.taint.mark(scope)
-        await engine.taint.mark_output(ctx.tenant, text, ids)
+    untrusted = any(p.untrusted for p in provenance_of(replica, messages))
+    if untrusted or await replica.taint.holds(scope, messages):
+        await replica.taint.mark(scope)
+        await replica.taint.mark_output(ctx.tenant, text, ids)
 
 
-async def _mark_if_untrusted(engine: Engine, record: SessionRecord, queued: list[str]) -> None:
+async def _mark_if_untrusted(replica: Replica, record: SessionRecord, queued: list[str]) -> None:
     """Untrusted output is about to enter the conversation: later requests in it see it."""
     view = record.view
     names = [call.name for call in view.tool_calls if call.id in queued]
-    if any(engine.toolbox.untrusted_output(name) for name in names):
-        await engine.taint.mark(GrantScope(view.tenant, view.requester, view.conversation))
+    if any(replica.toolbox.untrusted_output(name) for name in names):
+        await replica.taint.mark(GrantScope(view.tenant, view.requester, view.conversation))
 
 
 async def _await_results(
-    engine: Engine, waiter: Waiter, record: SessionRecord, timeout_s: float
+    replica: Replica, waiter: Waiter, record: SessionRecord, timeout_s: float
 ) -> AsyncIterator[Event | SessionRecord]:
     """Yield result events as calls finish, heartbeats, and the last record read."""
-    settings = engine.settings
+    settings = replica.settings
     reported = {c.id for c in record.view.tool_calls if c.status in CALL_DONE_STATUSES}
     until = time.monotonic() + timeout_s
     beat = _Beat(settings.heartbeat_interval_s)
@@ -379,7 +305,7 @@ async def _await_results(
         )
         if beat.due():
             yield HEARTBEAT
-        record = await _reread(engine, record)
+        record = await _reread(replica, record)
         for call in record.view.tool_calls:
             if call.id not in reported and call.status in CALL_DONE_STATUSES:
                 reported.add(call.id)
@@ -390,30 +316,30 @@ async def _await_results(
 _STILL_PENDING = Claim(None, SessionStatus.PENDING, None)
 
 
-async def _try_claim(engine: Engine, session_id: str, claimant: str, token: int) -> Claim:
+async def _try_claim(replica: Replica, session_id: str, claimant: str, token: int) -> Claim:
     """Claim the session if it was decided; while Redis is unreachable, still pending (the
     claim is safe to repeat: the same claimant asking again gets the same answer)."""
-    with _redis_trouble_tolerated(engine):
-        return await engine.store.begin_run(session_id, claimant, token)
+    with _redis_trouble_tolerated(replica):
+        return await replica.store.begin_run(session_id, claimant, token)
     return _STILL_PENDING
 
 
-async def _reread(engine: Engine, last: SessionRecord) -> SessionRecord:
+async def _reread(replica: Replica, last: SessionRecord) -> SessionRecord:
     """The session as Redis has it now; while Redis is unreachable, the last one read."""
-    with _redis_trouble_tolerated(engine):
-        return await engine.store.get(last.id)
+    with _redis_trouble_tolerated(replica):
+        return await replica.store.get(last.id)
     return last
 
 
 @contextlib.contextmanager
-def _redis_trouble_tolerated(engine: Engine) -> Iterator[None]:
+def _redis_trouble_tolerated(replica: Replica) -> Iterator[None]:
     # A held stream outlives a Redis restart or freeze: its waits are bounded by its own
     # deadline, and the state it waits for is still in Redis (AOF) when Redis is back.
     try:
         yield
     except UNAVAILABLE_ERRORS as error:
         log.warning("redis_unavailable_while_holding", error=str(error))
-        engine.metrics.redis_failed()
+        replica.metrics.redis_failed()
     stop_if_cancelled()  # a cancelled holder must still stop
 
 

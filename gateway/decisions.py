@@ -39,15 +39,15 @@ from core.settings import PolicyMode
 from core.store import CallDecisionItem
 from gateway import traces
 from gateway.auth import Principal
-from gateway.conversation import Engine
 from gateway.opening import client_checkers
+from gateway.replica import Replica
 from gateway.requests import CallDecision, DecisionRequest
 
 log = structlog.stdlib.get_logger(__name__)
 
 
 async def decide(
-    engine: Engine,
+    replica: Replica,
     principal: Principal,
     session_id: str,
     body: DecisionRequest,
@@ -56,7 +56,7 @@ async def decide(
     """Apply a decision request for `principal`; returns the session after it. With
     `protocol`, only a session of that protocol may be decided here."""
     structlog.contextvars.bind_contextvars(session_id=session_id)
-    record = await engine.store.get(session_id, view_only=True)
+    record = await replica.store.get(session_id, view_only=True)
     try:
         principal.require_sees(record.view)
         principal.require("approver")
@@ -67,37 +67,37 @@ async def decide(
                 f"protocol; decide it with POST /v1/approvals/{session_id}/decision"
             )
         if body.calls is not None:
-            client = await _client_checkers(engine, record, body)
-            items = [_prepare(engine, principal, record, c, client) for c in body.calls]
-            _authorize(engine, principal, record, [i.call_id for i in items])
-            outcome, after = await engine.store.decide_calls(session_id, items, record.view.tenant)
+            client = await _client_checkers(replica, record, body)
+            items = [_prepare(replica, principal, record, c, client) for c in body.calls]
+            _authorize(replica, principal, record, [i.call_id for i in items])
+            outcome, after = await replica.store.decide_calls(session_id, items, record.view.tenant)
             applied = outcome != "repeat"
         else:
             assert body.decision is not None
             pending = [c.id for c in record.view.tool_calls if c.status is CallStatus.PENDING]
-            _authorize(engine, principal, record, pending)
-            applied, after = await engine.store.decide_all(
+            _authorize(replica, principal, record, pending)
+            applied, after = await replica.store.decide_all(
                 session_id, body.decision, body.reason, principal.name, record
             )
     except GatewayError as error:
-        await _audit_refusal(engine, principal, record, error)
+        await _audit_refusal(replica, principal, record, error)
         raise
     status = after.view.status.value
     log.info("session_decided", actor=principal.name, applied=applied, status=status)
     if applied:
-        await _record(engine, principal, record, after, body)
+        await _record(replica, principal, record, after, body)
         if after.status is not SessionStatus.PENDING:  # this decision ended the wait
             traces.wait_ended(after)
     return after
 
 
 def _authorize(
-    engine: Engine, principal: Principal, record: SessionRecord, call_ids: Iterable[str]
+    replica: Replica, principal: Principal, record: SessionRecord, call_ids: Iterable[str]
 ) -> None:
     session = record.view
     if (
-        not engine.settings.allow_self_approval
-        and engine.settings.api_keys
+        not replica.settings.allow_self_approval
+        and replica.settings.api_keys
         and principal.name == session.requester
     ):
         raise SelfApproval(f"{principal.name!r} requested these calls and may not decide them")
@@ -106,36 +106,36 @@ def _authorize(
         name = names.get(call_id)
         if name is None:
             continue  # unknown ids are refused by the store
-        allowed = engine.toolbox.approvers(name)
+        allowed = replica.toolbox.approvers(name)
         if "admin" not in principal.roles and not set(allowed) & principal.roles:
             raise Forbidden(f"deciding {name!r} needs one of the roles {sorted(allowed)}")
 
 
 async def _client_checkers(
-    engine: Engine, record: SessionRecord, body: DecisionRequest
+    replica: Replica, record: SessionRecord, body: DecisionRequest
 ) -> Mapping[str, ArgumentChecker]:
     """The schemas the request declared, when an edit needs them (read from the session's
     conversation, which `record` was read without)."""
     edits = [c for c in body.calls or () if c.decision == "edit"]
     if not any(_call(record, c.tool_call_id).side == "client" for c in edits):
         return {}
-    full = await engine.store.get(record.id)
+    full = await replica.store.get(record.id)
     return client_checkers(full.continuation.client_tools)
 
 
 def _prepare(
-    engine: Engine,
+    replica: Replica,
     principal: Principal,
     record: SessionRecord,
     item: CallDecision,
     client: Mapping[str, ArgumentChecker],
 ) -> CallDecisionItem:
     call = _call(record, item.tool_call_id)
-    longest = engine.settings.grant_max_ttl_s
+    longest = replica.settings.grant_max_ttl_s
     if item.grant is not None and item.grant.ttl_s > longest:
         raise InvalidRequest(f"grant.ttl_s: at most {longest} seconds (grant_max_ttl_s)")
     arguments = (
-        _checked_edit(engine, call, item.arguments or {}, client)
+        _checked_edit(replica, call, item.arguments or {}, client)
         if item.decision == "edit"
         else None
     )
@@ -161,14 +161,14 @@ def _call(record: SessionRecord, call_id: str) -> ToolCallView:
 
 
 def _checked_edit(
-    engine: Engine,
+    replica: Replica,
     call: ToolCallView,
     arguments: dict[str, Any],
     client: Mapping[str, ArgumentChecker],
 ) -> dict[str, Any]:
     """Edited arguments that fit the tool's schema strictly (a client tool's: the schema the
     request declared) and that policy would not deny."""
-    toolbox = engine.toolbox
+    toolbox = replica.toolbox
     checker = client.get(call.name) if call.side == "client" else toolbox.checkers.get(call.name)
     if checker is None or call.policy is PolicyMode.DENY:
         raise EditRefused(f"{call.name!r} calls cannot run, edited or not")
@@ -184,7 +184,7 @@ def _checked_edit(
 
 
 async def _record(
-    engine: Engine,
+    replica: Replica,
     principal: Principal,
     before: SessionRecord,
     after: SessionRecord,
@@ -201,7 +201,7 @@ async def _record(
         and c.decision.actor == principal.name
         and c.status is not CallStatus.PENDING
     ]
-    engine.metrics.decided(
+    replica.metrics.decided(
         (c.decision for c in decided if c.decision is not None), before.view.created_at
     )
     session = after.view
@@ -225,11 +225,11 @@ async def _record(
                 ttl_s=grant.ttl_s,
             )
         )
-    await engine.grants.add(scope, added, engine.audit, entries)
+    await replica.grants.add(scope, added, replica.audit, entries)
 
 
 async def _audit_refusal(
-    engine: Engine, principal: Principal, record: SessionRecord, error: GatewayError
+    replica: Replica, principal: Principal, record: SessionRecord, error: GatewayError
 ) -> None:
     entry = AuditEntry(
         "refused",
@@ -238,4 +238,4 @@ async def _audit_refusal(
         tenant=record.view.tenant,
         detail={"code": error.code, "message": error.message},
     )
-    await engine.audit.append([entry])
+    await replica.audit.append([entry])

@@ -39,8 +39,8 @@ from core.errors import (
 from gateway import sse
 from gateway.audit import AuditEntryView, entry_id
 from gateway.auth import principal_of
-from gateway.conversation import Engine
 from gateway.openapi import EventStream, Operation, Param, Reply
+from gateway.replica import Replica
 from gateway.runs import RunRegistry
 
 log = structlog.stdlib.get_logger(__name__)
@@ -80,7 +80,7 @@ class FeedReady(BaseModel):
 async def approval_events(request: Request) -> Response:
     principal = principal_of(request)
     principal.require("approver")
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     runs: RunRegistry = request.app.state.runs
     if runs.draining:
         raise Unavailable("this replica is shutting down; retry on another")
@@ -90,11 +90,11 @@ async def approval_events(request: Request) -> Response:
     tenant = (params.get("tenant") or None) if admin else principal.tenant
     raw_last = request.headers.get("last-event-id") or params.get("last_event_id")
     start = entry_id(raw_last, "Last-Event-ID") if raw_last else None
-    now = f"{await engine.audit.settled_ms()}-{_LAST_SEQUENCE}"
+    now = f"{await replica.audit.settled_ms()}-{_LAST_SEQUENCE}"
     if start is None or _ordered(start) > _ordered(now):
         start = now  # an id from the future would leave the feed silent forever
     slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_feed(engine, runs, tenant, start, wanted))
+    return slots.response(_feed(replica, runs, tenant, start, wanted))
 
 
 def _events(raw: str | None) -> frozenset[str]:
@@ -111,9 +111,9 @@ def _events(raw: str | None) -> frozenset[str]:
 
 
 async def _feed(
-    engine: Engine, runs: RunRegistry, tenant: str | None, cursor: str, wanted: frozenset[str]
+    replica: Replica, runs: RunRegistry, tenant: str | None, cursor: str, wanted: frozenset[str]
 ) -> AsyncIterator[bytes]:
-    audit, settings = engine.audit, engine.settings
+    audit, settings = replica.audit, replica.settings
     yield _event(cursor, "ready", FeedReady(id=cursor, tenant=tenant).model_dump())
     try:
         async with audit.follow(await _streams(audit, tenant)) as follower:

@@ -24,7 +24,8 @@ from core.records import CallStatus, SessionRecord, ToolCallView, arguments_sha2
 from gateway.outcomes import tool_message
 
 if TYPE_CHECKING:
-    from gateway.conversation import ChatContext, Engine
+    from gateway.chat_context import ChatContext
+    from gateway.replica import Replica
 
 MAX_AUDITED_RESULT = 2048
 
@@ -48,7 +49,7 @@ def client_call(call: ToolCallView, call_id: str) -> dict[str, Any]:
 
 
 async def restore_history(
-    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]]
+    replica: Replica, ctx: ChatContext, messages: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """`messages` with every turn whose client calls the gateway released put back whole."""
     # Every id is looked up (`max_messages` bounds them): padding a history with made-up
@@ -60,12 +61,12 @@ async def restore_history(
         for call in message.get("tool_calls") or ()
         if isinstance(call.get("id"), str)
     ]
-    found = await engine.handoffs.sessions_of(ids)
+    found = await replica.handoffs.sessions_of(ids)
     if not found:
         return messages
     records = {}
     for session_id in set(found.values()):
-        record = await _own_session(engine, ctx, session_id)
+        record = await _own_session(replica, ctx, session_id)
         if record is not None:
             records[session_id] = record
     restored = _Restored(records, found)
@@ -81,16 +82,16 @@ async def restore_history(
             tenant=ctx.tenant,
             detail={"code": error.code, "message": error.message},
         )
-        await engine.audit.append([refused])
+        await replica.audit.append([refused])
         raise
-    await engine.audit.append(restored.entries)
+    await replica.audit.append(restored.entries)
     return restored.messages
 
 
-async def _own_session(engine: Engine, ctx: ChatContext, session_id: str) -> SessionRecord | None:
+async def _own_session(replica: Replica, ctx: ChatContext, session_id: str) -> SessionRecord | None:
     """The session, if it is this requester's (another key's call ids restore nothing)."""
     try:
-        record = await engine.store.get(session_id)
+        record = await replica.store.get(session_id)
     except SessionNotFound:
         return None
     # Not the conversation: a client that sends no conversation id gets a new one each time.

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.connect import UNAVAILABLE_ERRORS, ping
-from gateway.conversation import Engine
 from gateway.openapi import Operation, Reply
+from gateway.replica import Replica
 
 
 class Liveness(BaseModel):
@@ -39,9 +39,9 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     """Redis answers within its bound; otherwise 503."""
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     try:
-        await ping(engine.store.redis)
+        await ping(replica.store.redis)
     except UNAVAILABLE_ERRORS as error:
         body = Readiness(status="unavailable", redis=f"unreachable: {error}")
         return JSONResponse(body.model_dump(exclude_none=True), status_code=503)

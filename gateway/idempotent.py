@@ -28,8 +28,8 @@ from core.errors import DecisionConflict, GatewayError, IdempotencyKeyReused, Un
 from core.grants import GrantScope
 from core.idempotency import IdempotencyKey, PriorRequest
 from gateway.auth import Principal
-from gateway.conversation import Engine
 from gateway.reattach import follow_run
+from gateway.replica import Replica
 
 HEADER = "idempotency-key"
 SDK_ATTEMPT_HEADER = "x-stainless-retry-count"
@@ -40,16 +40,18 @@ class Retry:
     """One request's idempotency key, claimed or found taken."""
 
     def __init__(
-        self, engine: Engine, key: IdempotencyKey, fingerprint: str, *, first: bool
+        self, replica: Replica, key: IdempotencyKey, fingerprint: str, *, first: bool
     ) -> None:
-        self.engine = engine
+        self.replica = replica
         self.key = key
         self.fingerprint = fingerprint
         self.first = first
         """The request says it is a first attempt (an SDK's attempt 0)."""
 
     @classmethod
-    def of(cls, engine: Engine, principal: Principal, request: Request, body: Any) -> Retry | None:
+    def of(
+        cls, replica: Replica, principal: Principal, request: Request, body: Any
+    ) -> Retry | None:
         """How the request may be retried, or None when nothing would tell its retries."""
         explicit = request.headers.get(HEADER, "").strip()[:MAX_KEY_CHARS]
         attempt = request.headers.get(SDK_ATTEMPT_HEADER, "").strip()
@@ -61,16 +63,16 @@ class Retry:
         conversation = request.headers.get("x-conversation-id", "")[:128]
         name = f"key:{explicit}" if explicit else f"sdk:{conversation}:{fingerprint}"
         first = not explicit and int(attempt) == 0
-        return cls(engine, engine.idempotency.key(scope, name), fingerprint, first=first)
+        return cls(replica, replica.idempotency.key(scope, name), fingerprint, first=first)
 
     async def claim(self) -> PriorRequest | None:
         """None when this request runs (the first with the key, or a retry that cannot be
         matched to one first request), else what became of the first."""
-        settings = self.engine.settings
+        settings = self.replica.settings
         # How long the first may take before a retry counts it as abandoned.
         bound = settings.approval_timeout_s + settings.tool_result_timeout_s
         until = time.time() + bound + 2 * settings.upstream_timeout_s
-        prior = await self.engine.idempotency.claim(
+        prior = await self.replica.idempotency.claim(
             self.key, self.fingerprint, until, first=self.first
         )
         if isinstance(prior, str):  # ambiguous: run as a request of its own, unrecorded
@@ -83,19 +85,19 @@ class Retry:
 
     async def answered(self, status: int, body: bytes) -> None:
         """The first request's answer, for its retries (a 503 is not kept: retry afresh)."""
-        await self.engine.idempotency.finish(self.key, status, body)
+        await self.replica.idempotency.finish(self.key, status, body)
 
     async def failed(self, error: GatewayError) -> None:
         if isinstance(error, Unavailable):
-            await self.engine.idempotency.forget(self.key)
+            await self.replica.idempotency.forget(self.key)
         else:
             await self.answered(error.status_code, orjson.dumps(error.body()))
 
     async def became_run(self, log_id: str) -> None:
-        await self.engine.idempotency.attach_run(self.key, log_id)
+        await self.replica.idempotency.attach_run(self.key, log_id)
 
     async def ended(self) -> None:
-        await self.engine.idempotency.finish(self.key)
+        await self.replica.idempotency.finish(self.key)
 
     async def repeat(self, request: Request, prior: PriorRequest, stream: bool) -> Response:
         """The answer to a retry: the first request's answer, or its run."""
@@ -106,7 +108,7 @@ class Retry:
                     "the first request with this Idempotency-Key streamed its answer without "
                     "waiting for a decision; a streamed answer is not kept, send a new request"
                 )
-            return await follow_run(request, prior.log_id, 0, self.engine.settings.upstream_model)
+            return await follow_run(request, prior.log_id, 0, self.replica.settings.upstream_model)
         if not prior.done:
             raise Unavailable("the first request with this Idempotency-Key is still running")
         return Response(prior.body, prior.status, media_type="application/json")
@@ -114,12 +116,12 @@ class Retry:
     async def _settled(self, prior: PriorRequest, *, need_run: bool) -> PriorRequest:
         """Wait until the first request is done (or, for a stream, became a run), at most
         until it counts as abandoned."""
-        engine = self.engine
-        async with engine.hub.watch(self.key.channel_id) as waiter:
+        replica = self.replica
+        async with replica.hub.watch(self.key.channel_id) as waiter:
             while not (prior.done or (need_run and prior.log_id)):
                 left = prior.until - time.time()
                 if left <= 0:
                     break
-                await waiter.wait(min(left, engine.settings.reread_interval_s))
-                prior = await engine.idempotency.read(self.key) or prior
+                await waiter.wait(min(left, replica.settings.reread_interval_s))
+                prior = await replica.idempotency.read(self.key) or prior
         return prior

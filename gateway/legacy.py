@@ -36,10 +36,12 @@ from core.errors import (
 from core.records import CallStatus, SessionStatus
 from gateway import decisions, sse, traces
 from gateway.auth import principal_of
+from gateway.chat_context import ChatContext
 from gateway.completions import CONVERSATION_HEADER
-from gateway.conversation import ChatContext, Engine, converse, resume
+from gateway.conversation import converse, resume
 from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
 from gateway.openapi import EventStream, Operation, Reply
+from gateway.replica import Replica
 from gateway.request_ids import request_id_of
 from gateway.requests import (
     DecisionRequest,
@@ -55,15 +57,15 @@ log = structlog.stdlib.get_logger(__name__)
 async def chat_completion(request: Request) -> Response:
     principal = principal_of(request)
     principal.require("requester")
-    engine: Engine = request.app.state.engine
-    engine.check_redis()
-    body = validate(LegacyChatRequest, await read_json(request, engine.settings.max_body_bytes))
-    conversation, label = engine.conversation_ids.resolve(
+    replica: Replica = request.app.state.replica
+    replica.check_redis()
+    body = validate(LegacyChatRequest, await read_json(request, replica.settings.max_body_bytes))
+    conversation, label = replica.conversation_ids.resolve(
         request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
     )
     params: dict[str, Any] = {"temperature": body.temperature, "max_tokens": body.max_tokens}
     ctx = ChatContext(
-        model=body.model or engine.settings.upstream_model,
+        model=body.model or replica.settings.upstream_model,
         protocol="legacy",
         hold=False,
         params={k: v for k, v in params.items() if v is not None},
@@ -77,22 +79,22 @@ async def chat_completion(request: Request) -> Response:
     messages = [m.model_dump() for m in body.messages]
     slots: sse.StreamSlots = request.app.state.stream_slots
     headers = {CONVERSATION_HEADER: ctx.conversation}
-    return slots.response(_stream(converse(engine, ctx, messages)), headers)
+    return slots.response(_stream(converse(replica, ctx, messages)), headers)
 
 
 async def approve(request: Request) -> Response:
     principal = principal_of(request)
-    engine: Engine = request.app.state.engine
-    body = validate(LegacyApproveRequest, await read_json(request, engine.settings.max_body_bytes))
+    replica: Replica = request.app.state.replica
+    body = validate(LegacyApproveRequest, await read_json(request, replica.settings.max_body_bytes))
     decision = (
         DecisionRequest(decision="approve")
         if body.approved
         else DecisionRequest(decision="reject", reason="the user declined")
     )
-    record = await decisions.decide(engine, principal, body.sessionid, decision, protocol="legacy")
+    record = await decisions.decide(replica, principal, body.sessionid, decision, protocol="legacy")
     traces.decided(record, decision, principal.name)
     slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_stream(resume(engine, body.sessionid, hold=False)))
+    return slots.response(_stream(resume(replica, body.sessionid, hold=False)))
 
 
 class LegacyHealth(BaseModel):

@@ -258,7 +258,7 @@ async def metrics_page(request: Request) -> Response:
     """`GET /metrics`: this replica's metrics, in Prometheus's text format. It needs no API
     key (as /healthz): scrape each replica directly, and keep it off the public balancer."""
     metrics: Metrics = request.app.state.metrics
-    await metrics.refresh_pending(request.app.state.engine.store)
+    await metrics.refresh_pending(request.app.state.replica.store)
     return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 

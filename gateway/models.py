@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse
 
 from core.errors import NotFound, UpstreamError
 from gateway.auth import principal_of
-from gateway.conversation import Engine
 from gateway.openapi import Operation, Param, Reply
+from gateway.replica import Replica
 
 CACHE_S = 60.0
 
@@ -24,19 +24,19 @@ CACHE_S = 60.0
 class ModelList:
     """The model ids this gateway offers."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
         self._cached: list[str] = []
         self._until = 0.0
 
     async def ids(self) -> list[str]:
-        settings = self.engine.settings
+        settings = self.replica.settings
         if settings.models:
             return list(settings.models)
         if time.monotonic() < self._until:
             return self._cached
         try:
-            ids = await self.engine.upstream.list_models()
+            ids = await self.replica.upstream.list_models()
         except UpstreamError:
             ids = []
         self._cached = ids or [settings.upstream_model]

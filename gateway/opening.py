@@ -42,7 +42,8 @@ from core.store import new_session_id
 from gateway.upstream import RequestedCall
 
 if TYPE_CHECKING:
-    from gateway.conversation import ChatContext, Engine
+    from gateway.chat_context import ChatContext
+    from gateway.replica import Replica
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -58,7 +59,7 @@ _STATUS_OF_MODE = {
 
 
 async def open_session(
-    engine: Engine,
+    replica: Replica,
     ctx: ChatContext,
     messages: list[dict[str, Any]],
     text: str,
@@ -73,9 +74,9 @@ async def open_session(
     statuses = {v.status for v in views}
     session_id = new_session_id()
     structlog.contextvars.bind_contextvars(session_id=session_id)
-    expires_at = now + engine.settings.approval_timeout_s
+    expires_at = now + replica.settings.approval_timeout_s
     if CallStatus.PENDING in statuses:
-        await _reserve_pending(engine, session_id, ctx.tenant, expires_at)
+        await _reserve_pending(replica, session_id, ctx.tenant, expires_at)
         status = SessionStatus.PENDING
     elif CallStatus.APPROVED in statuses:
         status = SessionStatus.APPROVED
@@ -111,11 +112,11 @@ async def open_session(
         wait_span=tracing.new_span_id() if status is SessionStatus.PENDING else "",
     )
     initial = {v.id: v.decision for v in views if v.decision is not None}
-    await engine.store.create(record, initial, _opened_entries(session))
+    await replica.store.create(record, initial, _opened_entries(session))
     _log_opened(session)
-    engine.metrics.decided(initial.values())
+    replica.metrics.decided(initial.values())
     if tainted:
-        await engine.taint.mark(GrantScope(ctx.tenant, ctx.requester, ctx.conversation))
+        await replica.taint.mark(GrantScope(ctx.tenant, ctx.requester, ctx.conversation))
     return record.model_copy(update={"continuation": Continuation(messages=[])})
 
 
@@ -139,21 +140,24 @@ class ClassifiedTurn:
 
 
 async def classify_turn(
-    engine: Engine, ctx: ChatContext, messages: list[dict[str, Any]], calls: Sequence[RequestedCall]
+    replica: Replica,
+    ctx: ChatContext,
+    messages: list[dict[str, Any]],
+    calls: Sequence[RequestedCall],
 ) -> ClassifiedTurn:
     """Each call's identity, checked arguments and starting status (policy, grants)."""
     scope = GrantScope(ctx.tenant, ctx.requester, ctx.conversation)
-    provenance = provenance_of(engine, messages)
+    provenance = provenance_of(replica, messages)
     # Untrusted output that ran in an earlier request of this conversation counts too: a
     # client's history never holds the results of server-side tools.
-    tainted = any(p.untrusted for p in provenance) or await engine.taint.holds(scope, messages)
+    tainted = any(p.untrusted for p in provenance) or await replica.taint.holds(scope, messages)
     ids = history_ids(calls, messages)
     checkers = client_checkers(ctx.client_tools)
     views = [
-        _classify(engine, checkers, call, index, tainted, ids[index])
+        _classify(replica, checkers, call, index, tainted, ids[index])
         for index, call in enumerate(calls)
     ]
-    views = await _apply_grants(engine, scope, views, tainted, time.time())
+    views = await _apply_grants(replica, scope, views, tainted, time.time())
     return ClassifiedTurn(views, provenance, tainted)
 
 
@@ -166,7 +170,7 @@ def client_checkers(client_tools: Sequence[Mapping[str, Any]]) -> dict[str, Argu
     return checkers
 
 
-def provenance_of(engine: Engine, messages: Sequence[Mapping[str, Any]]) -> list[Provenance]:
+def provenance_of(replica: Replica, messages: Sequence[Mapping[str, Any]]) -> list[Provenance]:
     """The tool results in a conversation, oldest first, each marked untrusted when its
     tool's output may carry instructions (`untrusted_output`)."""
     names: dict[str, str] = {}
@@ -177,7 +181,7 @@ def provenance_of(engine: Engine, messages: Sequence[Mapping[str, Any]]) -> list
         if message.get("role") == "tool":
             call_id = str(message.get("tool_call_id") or "")
             name = names.get(call_id) or str(message.get("name") or "")
-            untrusted = engine.toolbox.untrusted_output(name)
+            untrusted = replica.toolbox.untrusted_output(name)
             found.append(Provenance(tool_call_id=call_id, name=name, untrusted=untrusted))
     return found
 
@@ -206,7 +210,7 @@ def _mint() -> str:
 
 
 def _classify(
-    engine: Engine,
+    replica: Replica,
     client: Mapping[str, ArgumentChecker],
     call: RequestedCall,
     index: int,
@@ -215,7 +219,7 @@ def _classify(
 ) -> ToolCallView:
     """A call under the gateway's id, with its starting status, and the decision policy
     made when it does not ask. `client`: the tools the request declared."""
-    toolbox, cap = engine.toolbox, engine.settings.max_tool_calls_per_turn
+    toolbox, cap = replica.toolbox, replica.settings.max_tool_calls_per_turn
     arguments = call.arguments if call.arguments is not None else {}
     side: Side = "client" if call.name in client and call.name not in toolbox else "server"
     checker = client.get(call.name) if side == "client" else toolbox.checkers.get(call.name)
@@ -258,13 +262,13 @@ def _classify(
 
 
 async def _apply_grants(
-    engine: Engine, scope: GrantScope, views: list[ToolCallView], tainted: bool, now: float
+    replica: Replica, scope: GrantScope, views: list[ToolCallView], tainted: bool, now: float
 ) -> list[ToolCallView]:
     """Calls that would ask but are covered by a grant of this requester in this
     conversation run. Once untrusted output is in the conversation, only a grant for
     exactly these arguments covers a call: a standing "any arguments" grant does not."""
     asking = [(v.id, v.name, v.arguments_sha256) for v in views if v.status is CallStatus.PENDING]
-    covered = await engine.grants.covering(scope, asking, exact_only=tainted)
+    covered = await replica.grants.covering(scope, asking, exact_only=tainted)
     granted = []
     for view in views:
         grantor = covered.get(view.id)
@@ -284,10 +288,10 @@ async def _apply_grants(
     return granted
 
 
-async def _reserve_pending(engine: Engine, session_id: str, tenant: str, deadline: float) -> None:
+async def _reserve_pending(replica: Replica, session_id: str, tenant: str, deadline: float) -> None:
     """Take a place in the deployment's and the tenant's pending sessions, atomically."""
-    settings = engine.settings
-    refused = await engine.store.reserve_pending(
+    settings = replica.settings
+    refused = await replica.store.reserve_pending(
         session_id,
         tenant,
         deadline,

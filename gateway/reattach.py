@@ -30,9 +30,9 @@ from core.runlog import RunLog
 from gateway import sse, traces
 from gateway.auth import principal_of
 from gateway.chunks import ChunkMeta, ChunkWriter, StreamChunk
-from gateway.conversation import Engine
 from gateway.events import Ended, LoggedEvent, Reattach, StreamFailed, from_json
 from gateway.openapi import EventStream, Operation, Param, Reply
+from gateway.replica import Replica
 from gateway.requests import parse_int
 from gateway.runs import RunRegistry
 
@@ -45,13 +45,13 @@ PAGE = 1000
 async def reattach(request: Request) -> Response:
     principal = principal_of(request)
     principal.require("requester", "approver")
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     runs: RunRegistry = request.app.state.runs
     if runs.draining:
         raise Unavailable("this replica is shutting down; retry on another")
     session_id = request.path_params["session_id"]
     structlog.contextvars.bind_contextvars(session_id=session_id)
-    record = await engine.store.get(session_id)
+    record = await replica.store.get(session_id)
     principal.require_sees(record.view)
     if principal.name != record.view.requester and not principal.has("approver"):
         # A requester follows its own streams only: another key's holds its conversation.
@@ -59,18 +59,18 @@ async def reattach(request: Request) -> Response:
     if not record.log_id:
         raise NoStream(f"approval session {record.id!r} belongs to no stream to re-attach to")
     after = _last_event_id(request)
-    traces.run_event("run resume", record, after=after, replica=engine.runner_id)
+    traces.run_event("run resume", record, after=after, replica=replica.runner_id)
     return await follow_run(request, record.log_id, after, record.view.model)
 
 
 async def follow_run(request: Request, log_id: str, after: int, model: str) -> Response:
     """A stream of run `log_id`'s events after `after`, live until it ends, on this replica."""
-    engine: Engine = request.app.state.engine
+    replica: Replica = request.app.state.replica
     runs: RunRegistry = request.app.state.runs
     fields = await runs.runlog.meta(log_id)
     meta = ChunkMeta.of_fields(fields) if fields else ChunkMeta.new(model, False)
     slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_follow(engine, runs, log_id, after, meta))
+    return slots.response(_follow(replica, runs, log_id, after, meta))
 
 
 def _last_event_id(request: Request) -> int:
@@ -80,12 +80,12 @@ def _last_event_id(request: Request) -> int:
 
 
 async def _follow(
-    engine: Engine, runs: RunRegistry, log_id: str, after: int, meta: ChunkMeta
+    replica: Replica, runs: RunRegistry, log_id: str, after: int, meta: ChunkMeta
 ) -> AsyncIterator[bytes]:
     """The run's events after `after`, ending with `[DONE]` however the stream ends."""
     chunks = ChunkWriter(meta)
     try:
-        async for part in _replay_and_follow(engine, runs, log_id, after, chunks):
+        async for part in _replay_and_follow(replica, runs, log_id, after, chunks):
             yield part
     except sse.STREAM_ERRORS as raised:
         error = sse.as_gateway_error(raised)
@@ -95,11 +95,11 @@ async def _follow(
 
 
 async def _replay_and_follow(
-    engine: Engine, runs: RunRegistry, log_id: str, after: int, chunks: ChunkWriter
+    replica: Replica, runs: RunRegistry, log_id: str, after: int, chunks: ChunkWriter
 ) -> AsyncIterator[bytes]:
     cursor = after
-    settings = engine.settings
-    async with engine.hub.watch(log_id) as waiter:
+    settings = replica.settings
+    async with replica.hub.watch(log_id) as waiter:
         next_beat = time.monotonic() + settings.heartbeat_interval_s
         while True:
             run = runs.runs.get(log_id)

@@ -24,7 +24,7 @@ from core.errors import GatewayError
 from core.records import SessionStatus
 from core.runlog import Lease, RunLog
 from gateway.chunks import ChunkMeta
-from gateway.conversation import Engine, resume
+from gateway.conversation import resume
 from gateway.events import (
     ApprovalNotice,
     ContentDelta,
@@ -42,6 +42,7 @@ from gateway.events import (
     ToolEvent,
     to_json,
 )
+from gateway.replica import Replica
 from gateway.sse import STREAM_ERRORS, as_gateway_error
 
 log = structlog.stdlib.get_logger(__name__)
@@ -138,7 +139,7 @@ class Run:
             backlog.append(self._final)
         self.listeners.add(listener)
         try:
-            interval = self.registry.engine.settings.heartbeat_interval_s
+            interval = self.registry.replica.settings.heartbeat_interval_s
             batch = backlog or await listener.take(interval)
             while True:
                 if not batch:
@@ -176,7 +177,7 @@ class Run:
                 await self.registry.runlog.untrack(self.log_id)
         except REDIS_ERRORS as error:
             log.warning("run_last_writes_lost", run=self.log_id, error=str(error))
-            self.registry.engine.metrics.redis_failed()
+            self.registry.replica.metrics.redis_failed()
         if (hand_over and not self.ended) or self.delivered < self.seq:
             # Events not logged were never sent: whoever continues the run sends its own.
             self._final = Reattach(f"/v1/approvals/{self.log_id}/stream", self.delivered)
@@ -211,18 +212,18 @@ class Run:
 
     async def _record_failure(self, error: GatewayError) -> None:
         """A failed run's session (if it was running) is failed, and the audit log says why."""
-        engine = self.registry.engine
+        replica = self.registry.replica
         try:
-            await engine.store.finish(self.session_id, SessionStatus.FAILED)
-            record = await engine.store.get(self.session_id, view_only=True)
+            await replica.store.finish(self.session_id, SessionStatus.FAILED)
+            record = await replica.store.get(self.session_id, view_only=True)
             entry = AuditEntry(
                 "run_failed",
                 session=self.session_id,
-                actor=f"replica:{engine.runner_id}",
+                actor=f"replica:{replica.runner_id}",
                 tenant=record.view.tenant,
                 detail={"code": error.code, "message": error.message[:500]},
             )
-            await engine.audit.append([entry])
+            await replica.audit.append([entry])
         except _FAILURE_NOT_RECORDED as failure:
             log.warning("run_failure_not_recorded", run=self.log_id, error=str(failure))
 
@@ -248,7 +249,7 @@ class Run:
                 return
             except REDIS_ERRORS as error:
                 log.warning("run_log_append_failed", run=self.log_id, error=str(error))
-                self.registry.engine.metrics.redis_failed()
+                self.registry.replica.metrics.redis_failed()
                 await asyncio.sleep(0.25)
 
     def _start_flusher(self) -> None:
@@ -278,7 +279,7 @@ class Run:
                     await self._flush()
                 except REDIS_ERRORS as error:
                     log.warning("run_log_append_failed", run=self.log_id, error=str(error))
-                    self.registry.engine.metrics.redis_failed()
+                    self.registry.replica.metrics.redis_failed()
                     await asyncio.sleep(0.25)
         finally:
             self._flusher = None
@@ -301,7 +302,7 @@ class Run:
             self._unflushed = batch + self._unflushed
             self._meta_fields = {**meta, **self._meta_fields}
             raise
-        self.registry.engine.metrics.run_log_writes.inc()
+        self.registry.replica.metrics.run_log_writes.inc()
         if not appended:
             # Fenced out: another replica numbers its events after the last one logged,
             # which is the last one any listener was given.
@@ -321,13 +322,13 @@ class Run:
 class RunRegistry:
     """The runs this replica drives, and starting, taking over and draining them."""
 
-    def __init__(self, engine: Engine, runlog: RunLog) -> None:
-        self.engine = engine
+    def __init__(self, replica: Replica, runlog: RunLog) -> None:
+        self.replica = replica
         self.runlog = runlog
         self.runs: dict[str, Run] = {}
-        self.lease_ms = int(engine.settings.lease_s * 1000)
-        self.flush_window_s = engine.settings.log_flush_ms / 1000
-        self.stop_timeout_s = engine.settings.shutdown_grace_s / 2
+        self.lease_ms = int(replica.settings.lease_s * 1000)
+        self.flush_window_s = replica.settings.log_flush_ms / 1000
+        self.stop_timeout_s = replica.settings.shutdown_grace_s / 2
         self.draining = False
         self._renewer: asyncio.Task[None] | None = None
         self._taking_over: set[str] = set()
@@ -362,7 +363,7 @@ class RunRegistry:
         """Turn a streamed request into a run at its first approval notice (numbered seq + 1)."""
         first = {**meta.as_fields(), "session": notice.session.id, "seq": str(seq)}
         lease = await self.runlog.acquire(
-            notice.session.id, self.engine.runner_id, self.lease_ms, first
+            notice.session.id, self.replica.runner_id, self.lease_ms, first
         )
         if lease is None:  # a fresh id nobody else knows: only a bug gets here
             raise RuntimeError(f"run {notice.session.id} is leased already")
@@ -388,7 +389,7 @@ class RunRegistry:
             self._taking_over.discard(log_id)
 
     async def _take_over(self, log_id: str) -> Run | None:
-        lease = await self.runlog.acquire(log_id, self.engine.runner_id, self.lease_ms)
+        lease = await self.runlog.acquire(log_id, self.replica.runner_id, self.lease_ms)
         if lease is None:
             return None
         fields = await self.runlog.meta(log_id)
@@ -407,10 +408,10 @@ class RunRegistry:
                 await self.runlog.release(lease)
             raise
         self._track(run)
-        self.engine.metrics.lease_takeovers.inc()
-        source = resume(self.engine, fields["session"], hold=True, token=lease.token)
+        self.replica.metrics.lease_takeovers.inc()
+        source = resume(self.replica, fields["session"], hold=True, token=lease.token)
         log.info("run_taken_over", run=log_id, lease=lease.token)
-        run.start(source, Resumed(self.engine.runner_id))
+        run.start(source, Resumed(self.replica.runner_id))
         return run
 
     async def adopt_orphans(self) -> int:
@@ -434,7 +435,7 @@ class RunRegistry:
     async def drain(self) -> None:
         """Stop every run, handing each to whichever replica its client re-attaches to."""
         self.draining = True
-        self.engine.hub.wake_all()  # followers of remote runs notice the drain at once
+        self.replica.hub.wake_all()  # followers of remote runs notice the drain at once
         started = time.monotonic()
         await asyncio.gather(*(run.stop(hand_over=True) for run in list(self.runs.values())))
         if self._renewer is not None:
