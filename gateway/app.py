@@ -19,7 +19,6 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import tracing
@@ -45,26 +44,15 @@ from core.settings import Settings
 from core.store import SessionStore
 from core.tools import ToolBox
 from core.wakeups import StatusPoller, WakeupHub
-from gateway import (
-    approvals,
-    audit,
-    auth,
-    completions,
-    feed,
-    health,
-    inbox,
-    legacy,
-    models,
-    openapi,
-    reattach,
-)
-from gateway import metrics as replica_metrics
+from gateway import openapi
 from gateway.auth import Authenticator
 from gateway.hosts import HostGuard
-from gateway.metrics import HttpMetrics, Metrics, metrics_page
-from gateway.models import ModelList
+from gateway.metrics import HttpMetrics, Metrics
 from gateway.replica import Replica
 from gateway.request_ids import RequestIds
+from gateway.routes import LEGACY_PATHS, OPERATIONS, routes
+from gateway.routes import legacy as legacy_routes
+from gateway.routes.models import ModelList
 from gateway.runs import RunRegistry
 from gateway.sse import StreamSlots
 from gateway.sweeper import Sweeper
@@ -74,22 +62,6 @@ from gateway.webhooks import WebhookSender
 
 log = structlog.stdlib.get_logger(__name__)
 
-LEGACY_PATHS = frozenset({"/v1/chat/completion", "/v1/chat/approve"})
-OPERATIONS = (
-    *completions.OPERATIONS,
-    *models.OPERATIONS,
-    *approvals.OPERATIONS,
-    *feed.OPERATIONS,
-    *reattach.OPERATIONS,
-    *audit.OPERATIONS,
-    *auth.OPERATIONS,
-    *legacy.OPERATIONS,
-    *health.OPERATIONS,
-    *replica_metrics.OPERATIONS,
-    *inbox.OPERATIONS,
-    *openapi.OPERATIONS,
-)
-"""What `GET /openapi.json` describes: every route below (tests/test_openapi.py checks)."""
 API_DESCRIPTION = (
     "An OpenAI-compatible gateway that holds risky LLM tool calls for a human decision. "
     "Generated from the code's own models (gateway/openapi.py)."
@@ -217,27 +189,6 @@ def create_app(settings: Settings, runner_id: str = "") -> Starlette:
             await redis.aclose()
             tracing.shutdown()
 
-    routes = [
-        Route("/v1/chat/completions", completions.chat_completions, methods=["POST"]),
-        Route("/v1/models", models.list_models, methods=["GET"]),
-        Route("/v1/models/{model_id:path}", models.get_model, methods=["GET"]),
-        Route("/v1/approvals", approvals.list_approvals, methods=["GET"]),
-        Route("/v1/approvals/events", feed.approval_events, methods=["GET"]),
-        Route("/v1/approvals/{session_id}", approvals.get_approval, methods=["GET"]),
-        Route("/v1/approvals/{session_id}/decision", approvals.decide, methods=["POST"]),
-        Route("/v1/approvals/{session_id}/stream", reattach.reattach, methods=["GET"]),
-        Route("/v1/audit", audit.list_audit, methods=["GET"]),
-        Route("/v1/me", auth.me, methods=["GET"]),
-        Route("/v1/chat/completion", legacy.chat_completion, methods=["POST"]),
-        Route("/v1/chat/approve", legacy.approve, methods=["POST"]),
-        Route("/health", legacy.health, methods=["GET"]),
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-        Route("/metrics", metrics_page, methods=["GET"]),
-        Route("/inbox", inbox.page, methods=["GET"]),
-        Route("/inbox/{name}", inbox.asset, methods=["GET"]),
-        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
-    ]
     exception_handlers = {
         GatewayError: _gateway_error,
         HTTPException: _http_error,
@@ -259,7 +210,7 @@ def create_app(settings: Settings, runner_id: str = "") -> Starlette:
     if settings.cors_origins:
         middleware.append(_cors(settings.cors_origins))
     app = Starlette(
-        routes=routes,
+        routes=routes(),
         middleware=middleware,
         lifespan=lifespan,
         exception_handlers=exception_handlers,
@@ -316,7 +267,7 @@ def _cors(origins: list[str]) -> Middleware:
 
 def error_response(path: str, error: GatewayError) -> JSONResponse:
     """The one rendering of an error: the first version's shape on its paths."""
-    body = legacy.error_body(error) if path in LEGACY_PATHS else error.body()
+    body = legacy_routes.error_body(error) if path in LEGACY_PATHS else error.body()
     return JSONResponse(body, status_code=error.status_code)
 
 

@@ -18,17 +18,13 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import structlog
-from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from core.errors import Forbidden, SessionNotFound, Unauthorized
 from core.records import ApprovalSession
 from core.settings import ApiKey
-from gateway.openapi import Operation, Reply
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -107,41 +103,3 @@ def principal_of(request: Request) -> Principal:
     principal = authenticator.principal(request)
     structlog.contextvars.bind_contextvars(tenant=principal.tenant)
     return principal
-
-
-class PrincipalView(BaseModel):
-    """Who a key is, as `GET /v1/me` shows it."""
-
-    object: Literal["principal"] = "principal"
-    name: str
-    tenant: str
-    roles: list[str]
-    """Sorted: `requester`, `approver`, `admin`."""
-    open: bool
-    """The gateway runs without API keys: every caller is `anonymous` with every role."""
-
-
-async def me(request: Request) -> JSONResponse:
-    """`GET /v1/me`: who the key is (name, tenant, roles), so a client can say whose
-    decisions are its own and which calls it may not decide (its own requests)."""
-    principal = principal_of(request)
-    authenticator: Authenticator = request.app.state.authenticator
-    view = PrincipalView(
-        name=principal.name,
-        tenant=principal.tenant,
-        roles=sorted(principal.roles),
-        open=authenticator.open,
-    )
-    return JSONResponse(view.model_dump())
-
-
-OPERATIONS = (
-    Operation(
-        "GET",
-        "/v1/me",
-        "Who the API key is",
-        {200: Reply("The key's name, tenant and roles", PrincipalView)},
-        description="So a client can tell whose decisions are its own, and which calls it may "
-        "not decide (its own requests). Any known key.",
-    ),
-)

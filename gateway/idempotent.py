@@ -28,8 +28,10 @@ from core.errors import DecisionConflict, GatewayError, IdempotencyKeyReused, Un
 from core.grants import GrantScope
 from core.idempotency import IdempotencyKey, PriorRequest
 from gateway.auth import Principal
-from gateway.reattach import follow_run
+from gateway.follow import follow_run
 from gateway.replica import Replica
+from gateway.runs import RunRegistry
+from gateway.sse import StreamSlots
 
 HEADER = "idempotency-key"
 SDK_ATTEMPT_HEADER = "x-stainless-retry-count"
@@ -99,7 +101,9 @@ class Retry:
     async def ended(self) -> None:
         await self.replica.idempotency.finish(self.key)
 
-    async def repeat(self, request: Request, prior: PriorRequest, stream: bool) -> Response:
+    async def repeat(
+        self, runs: RunRegistry, slots: StreamSlots, prior: PriorRequest, stream: bool
+    ) -> Response:
         """The answer to a retry: the first request's answer, or its run."""
         prior = await self._settled(prior, need_run=stream)
         if stream:
@@ -108,7 +112,8 @@ class Retry:
                     "the first request with this Idempotency-Key streamed its answer without "
                     "waiting for a decision; a streamed answer is not kept, send a new request"
                 )
-            return await follow_run(request, prior.log_id, 0, self.replica.settings.upstream_model)
+            model = self.replica.settings.upstream_model
+            return await follow_run(runs, slots, prior.log_id, 0, model)
         if not prior.done:
             raise Unavailable("the first request with this Idempotency-Key is still running")
         return Response(prior.body, prior.status, media_type="application/json")

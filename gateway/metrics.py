@@ -13,19 +13,16 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 
 import openai
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.connect import REDIS_ERRORS
 from core.errors import UpstreamError
 from core.records import ApprovalSession, CallStatus, Decision
 from core.store import SessionStore
-from gateway.openapi import Operation, Reply
 
 PREFIX = "approval_gateway"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -252,24 +249,3 @@ class HttpMetrics:
             await send(message)
 
         await self.app(scope, receive, send_counting_start)
-
-
-async def metrics_page(request: Request) -> Response:
-    """`GET /metrics`: this replica's metrics, in Prometheus's text format. It needs no API
-    key (as /healthz): scrape each replica directly, and keep it off the public balancer."""
-    metrics: Metrics = request.app.state.metrics
-    await metrics.refresh_pending(request.app.state.replica.store)
-    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
-
-OPERATIONS = (
-    Operation(
-        "GET",
-        "/metrics",
-        "This replica's metrics, in Prometheus's text format",
-        {200: Reply("The metrics (docs/metrics.md)", text=("text/plain",))},
-        description="No key: scrape each replica directly, off the public balancer.",
-        keyed=False,
-        tag="health",
-    ),
-)

@@ -32,8 +32,6 @@ from pydantic.json_schema import (
 )
 from pydantic_core import core_schema
 from starlette.convertors import CONVERTOR_TYPES
-from starlette.requests import Request
-from starlette.responses import Response
 
 from core.errors import ErrorBody, GatewayError, InvalidHost, Unauthorized
 
@@ -289,21 +287,3 @@ def error_statuses(operation: Operation) -> set[int]:
 def rendered(operations: Iterable[Operation], title: str, description: str) -> bytes:
     """The document as the bytes `GET /openapi.json` serves."""
     return orjson.dumps(document(list(operations), title, description))
-
-
-async def openapi_json(request: Request) -> Response:
-    """`GET /openapi.json`: this document; it needs no key (it says what the API is, not
-    what it holds)."""
-    return Response(request.app.state.openapi, media_type="application/json")
-
-
-OPERATIONS = (
-    Operation(
-        "GET",
-        "/openapi.json",
-        "This API as an OpenAPI 3.1 document",
-        {200: Reply("The document", json={"type": "object"})},
-        keyed=False,
-        tag="meta",
-    ),
-)

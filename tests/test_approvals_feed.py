@@ -28,7 +28,7 @@ from redis.typing import EncodableT, FieldT
 
 from core.keys import Keys
 from gateway.auth import hash_key
-from gateway.feed import BATCH
+from gateway.routes.feed import BATCH
 from tests.clients import HeldStream, bearer, decide, decide_calls
 from tests.conftest import Stack, StackFactory
 from tests.hostile import HostileUpstream, call, turn

@@ -111,7 +111,7 @@ def test_the_export_command_writes_json_lines(make_stack: StackFactory) -> None:
     assert decide(replica.url, approval["id"], "approve").status_code == 200
     held.wait()
     exported = subprocess.run(
-        [sys.executable, "-m", "gateway.audit", "export"],
+        [sys.executable, "-m", "gateway.audit_export", "export"],
         env=stack.env(),
         cwd=ROOT,
         capture_output=True,
@@ -158,7 +158,7 @@ def test_an_approver_reads_its_own_tenant_and_an_admin_and_the_export_read_every
         "globex": {sessions["globex"]}
     }
     exported = subprocess.run(
-        [sys.executable, "-m", "gateway.audit", "export"],
+        [sys.executable, "-m", "gateway.audit_export", "export"],
         env=stack.env(),
         cwd=ROOT,
         capture_output=True,

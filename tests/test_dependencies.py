@@ -101,7 +101,7 @@ def test_an_import_declared_only_for_development_is_caught() -> None:
     """The check above can fail: take `openai` back to the dev extra and it names it."""
     assert "openai" in declared() and "openai" not in declared("dev")
     missing = undeclared_imports(declared() - {"openai"})
-    assert "gateway/completions.py" in missing["openai.types.chat.ChatCompletion"]
+    assert "gateway/routes/completions.py" in missing["openai.types.chat.ChatCompletion"]
 
 
 def fresh_python(program: str) -> list[str]:

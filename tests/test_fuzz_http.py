@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 from starlette.routing import Route
 
 from core.settings import Settings
-from gateway.app import LEGACY_PATHS, create_app
+from gateway.app import create_app
+from gateway.routes import LEGACY_PATHS
 from tests.conftest import Replica, Stack
 from tests.processes import RedisServer
 

@@ -21,8 +21,9 @@ from starlette.routing import Route
 
 from core.errors import GatewayError, MethodNotAllowed
 from core.settings import Settings
-from gateway.app import LEGACY_PATHS, OPERATIONS, create_app
+from gateway.app import create_app
 from gateway.openapi import error_statuses
+from gateway.routes import LEGACY_PATHS, OPERATIONS
 from tests.conftest import Replica
 
 HTTP_METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}

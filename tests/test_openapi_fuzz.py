@@ -46,8 +46,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from core.settings import Settings
-from gateway.app import LEGACY_PATHS, create_app
+from gateway.app import create_app
 from gateway.auth import hash_key
+from gateway.routes import LEGACY_PATHS
 from tests.clients import HeldStream
 from tests.conftest import Replica, Stack
 from tests.processes import RedisServer

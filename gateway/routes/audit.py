@@ -1,34 +1,26 @@
-"""`GET /v1/audit` and the `gateway-audit export` command.
+"""`GET /v1/audit`: the audit log, filtered and paged.
 
 The API filters by session, tool, actor, event and time (`since`/`until`, unix seconds),
 pages with `after` (the last entry id seen) and returns `limit` entries in time order, or
 a few more when entries of other tenants share the last one's id (so that `after` never
 skips them). Approvers read their own tenant's stream only; admins read every tenant's,
-merged, or one with `tenant`. The export writes every tenant's, or one with `--tenant`.
+merged, or one with `tenant`.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import re
-import sys
 from typing import Any, Literal
 
-import orjson
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.audit import AuditLog
-from core.connect import connect
 from core.errors import Forbidden, InvalidRequest, RedisUnavailable
-from core.keys import Keys
-from core.settings import Settings
-from gateway.auth import principal_of
+from gateway.auth import Principal
 from gateway.openapi import Operation, Param, Reply
-from gateway.replica import Replica
 from gateway.requests import query_int
+from gateway.routes.guard import replica_of
 
 _FILTERS = ("session", "tool", "actor", "event")
 _ENTRY_ID = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
@@ -61,17 +53,16 @@ class AuditPage(BaseModel):
     """The last entry's id: the next page's `after` (null when the page is empty)."""
 
 
-async def list_audit(request: Request) -> JSONResponse:
-    principal = principal_of(request)
-    principal.require("approver")
-    replica: Replica = request.app.state.replica
+async def list_audit(request: Request, caller: Principal) -> JSONResponse:
+    """Guarded: `approver`."""
+    replica = replica_of(request)
     params = request.query_params
     limit = query_int(params, "limit", 100, 1, 1000)
     after = entry_id(params.get("after"), "after")
     wanted = {name: params[name] for name in _FILTERS if params.get(name)}
-    admin = "admin" in principal.roles
+    admin = "admin" in caller.roles
     found = await replica.audit.page(
-        tenant=(params.get("tenant") or None) if admin else principal.tenant,
+        tenant=(params.get("tenant") or None) if admin else caller.tenant,
         since_ms=_time_ms(params.get("since"), "since"),
         until_ms=_time_ms(params.get("until"), "until"),
         after=after,
@@ -108,43 +99,6 @@ def _time_ms(raw: str | None, name: str) -> int | None:
     return int(seconds) * 1000 + int(fraction[:3].ljust(3, "0"))
 
 
-async def export(
-    settings: Settings, since: float | None, until: float | None, tenant: str | None = None
-) -> int:
-    """Write the audit log as JSON lines to stdout, every tenant's merged in time order (or
-    one `tenant`'s); returns how many entries."""
-    redis = connect(settings, "gateway-audit")
-    keys = Keys.of(settings.key_prefix, cluster=settings.redis_cluster)
-    audit = AuditLog(redis, keys, settings.audit_maxlen, settings.audit_retention_s)
-    written = 0
-    try:
-        entries = audit.entries(
-            tenant=tenant,
-            since_ms=None if since is None else int(since * 1000),
-            until_ms=None if until is None else int(until * 1000),
-        )
-        async for entry in entries:
-            sys.stdout.buffer.write(orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE))
-            written += 1
-        return written
-    finally:
-        sys.stdout.flush()
-        await redis.aclose()
-
-
-def main() -> None:
-    """`gateway-audit export [--since T] [--until T] [--tenant NAME] > audit.jsonl`."""
-    parser = argparse.ArgumentParser(description="Approval gateway audit log")
-    commands = parser.add_subparsers(dest="command", required=True)
-    exporter = commands.add_parser("export", help="write the audit log as JSON lines")
-    exporter.add_argument("--since", type=float, help="unix seconds (inclusive)")
-    exporter.add_argument("--until", type=float, help="unix seconds (inclusive)")
-    exporter.add_argument("--tenant", help="only this tenant's entries (default: every tenant)")
-    args = parser.parse_args()
-    count = asyncio.run(export(Settings(), args.since, args.until, args.tenant))
-    print(f"exported {count} audit entries", file=sys.stderr)
-
-
 _LIMIT_PARAM = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 _ENTRY_ID_PARAM = {"type": "string", "pattern": f"^(?:{_ENTRY_ID.pattern})$"}
 _SECONDS_PARAM = {"type": "string", "pattern": f"^(?:{_SECONDS.pattern})$"}
@@ -168,7 +122,3 @@ OPERATIONS = (
         errors=(InvalidRequest, Forbidden, RedisUnavailable),
     ),
 )
-
-
-if __name__ == "__main__":
-    main()

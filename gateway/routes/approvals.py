@@ -35,11 +35,12 @@ from core.errors import (
 )
 from core.records import ApprovalSession, SessionRecord, SessionStatus
 from gateway import decisions, traces
-from gateway.auth import Principal, principal_of
+from gateway.auth import Principal
 from gateway.openapi import Operation, Param, Reply
 from gateway.opening import provenance_of
 from gateway.replica import Replica
 from gateway.requests import DecisionRequest, query_int, read_json, validate
+from gateway.routes.guard import replica_of
 
 
 class TextItem(BaseModel):
@@ -89,19 +90,18 @@ class SessionPage(BaseModel):
     data: list[ShownSession]
 
 
-async def list_approvals(request: Request) -> JSONResponse:
-    """Pending sessions of the caller's tenant (every tenant's for an admin)."""
-    principal = principal_of(request)
-    principal.require("requester", "approver")
-    replica: Replica = request.app.state.replica
+async def list_approvals(request: Request, caller: Principal) -> JSONResponse:
+    """Pending sessions of the caller's tenant (every tenant's for an admin). Guarded:
+    `requester` or `approver`."""
+    replica = replica_of(request)
     status = request.query_params.get("status", SessionStatus.PENDING)
     if status != SessionStatus.PENDING:
         raise InvalidRequest("status: only 'pending' can be listed")
     limit = query_int(request.query_params, "limit", 100, 1, 1000)
     # A non-admin's list is read from its tenant's own index: another tenant's pending
     # sessions cannot crowd it out of the first `limit`.
-    tenant = None if "admin" in principal.roles else principal.tenant
-    sessions = [s for s in await replica.store.list_pending(limit, tenant) if principal.sees(s)]
+    tenant = None if "admin" in caller.roles else caller.tenant
+    sessions = [s for s in await replica.store.list_pending(limit, tenant) if caller.sees(s)]
     conversation = request.query_params.get("conversation")
     if conversation:  # the issued id, or the client's own label
         sessions = [s for s in sessions if conversation in (s.conversation, s.conversation_label)]
@@ -111,9 +111,9 @@ async def list_approvals(request: Request) -> JSONResponse:
     include = request.query_params.get("include", "")
     if include not in ("", "context"):
         raise InvalidRequest("include: only 'context' can be included", param="include")
-    shown_sessions = [shown(principal, s) for s in sessions]
+    shown_sessions = [shown(caller, s) for s in sessions]
     if include:
-        readable = [view.id for view in shown_sessions if _may_read_context(principal, view)]
+        readable = [view.id for view in shown_sessions if _may_read_context(caller, view)]
         full = {record.id: record for record in await replica.store.get_many(readable)}
         for view in shown_sessions:
             if view.id in full:  # (a session gone since the list was read has none)
@@ -121,21 +121,20 @@ async def list_approvals(request: Request) -> JSONResponse:
     return JSONResponse(SessionPage(data=shown_sessions).model_dump(mode="json"))
 
 
-async def get_approval(request: Request) -> JSONResponse:
-    principal = principal_of(request)
-    principal.require("requester", "approver")
-    replica: Replica = request.app.state.replica
+async def get_approval(request: Request, caller: Principal) -> JSONResponse:
+    """Guarded: `requester` or `approver`."""
+    replica = replica_of(request)
     session_id = request.path_params["session_id"]
     record = await replica.store.get(session_id, view_only=True)
-    principal.require_sees(record.view)
-    view = shown(principal, record.view)
-    if _may_read_context(principal, view):  # only then is the conversation read
+    caller.require_sees(record.view)
+    view = shown(caller, record.view)
+    if _may_read_context(caller, view):  # only then is the conversation read
         explain(replica, view, await replica.store.get(session_id))
     return JSONResponse(view.model_dump(mode="json"))
 
 
-def _may_read_context(principal: Principal, view: ApprovalSession) -> bool:
-    return principal.has("approver") or principal.name == view.requester
+def _may_read_context(caller: Principal, view: ApprovalSession) -> bool:
+    return caller.has("approver") or caller.name == view.requester
 
 
 MAX_CONTEXT_CHARS = 4000
@@ -213,22 +212,23 @@ def _schemas(replica: Replica, record: SessionRecord) -> dict[str, Any]:
     return schemas
 
 
-def shown(principal: Principal, session: ApprovalSession) -> ShownSession:
-    """A session as `principal` may see it: a requester sees the conversation id (what
+def shown(caller: Principal, session: ApprovalSession) -> ShownSession:
+    """A session as `caller` may see it: a requester sees the conversation id (what
     grants are scoped to) of its own sessions only."""
     view = ShownSession.model_construct(**dict(session))
-    if principal.name != session.requester and not principal.has("approver"):
+    if caller.name != session.requester and not caller.has("approver"):
         view.conversation = ""
     return view
 
 
-async def decide(request: Request) -> JSONResponse:
-    """Decide every pending call the same way, or each call its own way; repeats are 200."""
-    principal = principal_of(request)
-    replica: Replica = request.app.state.replica
+async def decide(request: Request, caller: Principal) -> JSONResponse:
+    """Decide every pending call the same way, or each call its own way; repeats are 200.
+    Guarded: any known key; `gateway.decisions` requires `approver`, once it found the
+    session, so that the refusal is audited."""
+    replica = replica_of(request)
     body = validate(DecisionRequest, await read_json(request, replica.settings.max_body_bytes))
-    record = await decisions.decide(replica, principal, request.path_params["session_id"], body)
-    traces.decided(record, body, principal.name)
+    record = await decisions.decide(replica, caller, request.path_params["session_id"], body)
+    traces.decided(record, body, caller.name)
     return JSONResponse(record.view.model_dump(mode="json"))
 
 

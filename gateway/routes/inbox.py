@@ -17,7 +17,7 @@ from starlette.responses import FileResponse, Response
 from core.errors import NotFound
 from gateway.openapi import Operation, Param, Reply
 
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parent.parent / "static"
 ASSETS = {
     "inbox.js": "text/javascript; charset=utf-8",
     "inbox.css": "text/css; charset=utf-8",

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from core.errors import NotFound, UpstreamError
-from gateway.auth import principal_of
+from gateway.auth import Principal
 from gateway.openapi import Operation, Param, Reply
 from gateway.replica import Replica
 
@@ -61,16 +61,16 @@ class ModelCards(BaseModel):
     data: list[ModelCard]
 
 
-async def list_models(request: Request) -> JSONResponse:
-    principal_of(request)  # any known key
+async def list_models(request: Request, caller: Principal) -> JSONResponse:
+    """Guarded: any known key."""
     models: ModelList = request.app.state.models
     created = int(request.app.state.started_at)
     data = [ModelCard(id=model_id, created=created) for model_id in await models.ids()]
     return JSONResponse(ModelCards(data=data).model_dump())
 
 
-async def get_model(request: Request) -> JSONResponse:
-    principal_of(request)
+async def get_model(request: Request, caller: Principal) -> JSONResponse:
+    """Guarded: any known key."""
     models: ModelList = request.app.state.models
     model_id = request.path_params["model_id"]
     if model_id not in await models.ids():

@@ -35,13 +35,11 @@ from core.errors import (
 )
 from core.records import CallStatus, SessionStatus
 from gateway import decisions, sse, traces
-from gateway.auth import principal_of
+from gateway.auth import Principal
 from gateway.chat_context import ChatContext
-from gateway.completions import CONVERSATION_HEADER
 from gateway.conversation import converse, resume
 from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
 from gateway.openapi import EventStream, Operation, Reply
-from gateway.replica import Replica
 from gateway.request_ids import request_id_of
 from gateway.requests import (
     DecisionRequest,
@@ -50,18 +48,18 @@ from gateway.requests import (
     read_json,
     validate,
 )
+from gateway.routes.completions import CONVERSATION_HEADER
+from gateway.routes.guard import replica_of, slots_of
 
 log = structlog.stdlib.get_logger(__name__)
 
 
-async def chat_completion(request: Request) -> Response:
-    principal = principal_of(request)
-    principal.require("requester")
-    replica: Replica = request.app.state.replica
-    replica.check_redis()
+async def chat_completion(request: Request, caller: Principal) -> Response:
+    """Guarded: `requester`; refused while Redis is down."""
+    replica = replica_of(request)
     body = validate(LegacyChatRequest, await read_json(request, replica.settings.max_body_bytes))
     conversation, label = replica.conversation_ids.resolve(
-        request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
+        request.headers.get("x-conversation-id", ""), caller.tenant, caller.name
     )
     params: dict[str, Any] = {"temperature": body.temperature, "max_tokens": body.max_tokens}
     ctx = ChatContext(
@@ -69,32 +67,30 @@ async def chat_completion(request: Request) -> Response:
         protocol="legacy",
         hold=False,
         params={k: v for k, v in params.items() if v is not None},
-        tenant=principal.tenant,
-        requester=principal.name,
+        tenant=caller.tenant,
+        requester=caller.name,
         conversation=conversation,
         conversation_label=label,
         request_id=request_id_of(request.scope),
         trace=tracing.traceparent(),
     )
     messages = [m.model_dump() for m in body.messages]
-    slots: sse.StreamSlots = request.app.state.stream_slots
     headers = {CONVERSATION_HEADER: ctx.conversation}
-    return slots.response(_stream(converse(replica, ctx, messages)), headers)
+    return slots_of(request).response(_stream(converse(replica, ctx, messages)), headers)
 
 
-async def approve(request: Request) -> Response:
-    principal = principal_of(request)
-    replica: Replica = request.app.state.replica
+async def approve(request: Request, caller: Principal) -> Response:
+    """Guarded: any known key (`gateway.decisions` requires `approver`, audited)."""
+    replica = replica_of(request)
     body = validate(LegacyApproveRequest, await read_json(request, replica.settings.max_body_bytes))
     decision = (
         DecisionRequest(decision="approve")
         if body.approved
         else DecisionRequest(decision="reject", reason="the user declined")
     )
-    record = await decisions.decide(replica, principal, body.sessionid, decision, protocol="legacy")
-    traces.decided(record, decision, principal.name)
-    slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_stream(resume(replica, body.sessionid, hold=False)))
+    record = await decisions.decide(replica, caller, body.sessionid, decision, protocol="legacy")
+    traces.decided(record, decision, caller.name)
+    return slots_of(request).response(_stream(resume(replica, body.sessionid, hold=False)))
 
 
 class LegacyHealth(BaseModel):

@@ -37,10 +37,11 @@ from core.errors import (
     Unavailable,
 )
 from gateway import sse
-from gateway.audit import AuditEntryView, entry_id
-from gateway.auth import principal_of
+from gateway.auth import Principal
 from gateway.openapi import EventStream, Operation, Param, Reply
 from gateway.replica import Replica
+from gateway.routes.audit import AuditEntryView, entry_id
+from gateway.routes.guard import replica_of, runs_of, slots_of
 from gateway.runs import RunRegistry
 
 log = structlog.stdlib.get_logger(__name__)
@@ -77,24 +78,19 @@ class FeedReady(BaseModel):
     """The tenant followed; null for an admin's feed of every tenant."""
 
 
-async def approval_events(request: Request) -> Response:
-    principal = principal_of(request)
-    principal.require("approver")
-    replica: Replica = request.app.state.replica
-    runs: RunRegistry = request.app.state.runs
-    if runs.draining:
-        raise Unavailable("this replica is shutting down; retry on another")
+async def approval_events(request: Request, caller: Principal) -> Response:
+    """Guarded: `approver`; refused while draining."""
+    replica, runs = replica_of(request), runs_of(request)
     params = request.query_params
     wanted = _events(params.get("events"))
-    admin = "admin" in principal.roles
-    tenant = (params.get("tenant") or None) if admin else principal.tenant
+    admin = "admin" in caller.roles
+    tenant = (params.get("tenant") or None) if admin else caller.tenant
     raw_last = request.headers.get("last-event-id") or params.get("last_event_id")
     start = entry_id(raw_last, "Last-Event-ID") if raw_last else None
     now = f"{await replica.audit.settled_ms()}-{_LAST_SEQUENCE}"
     if start is None or _ordered(start) > _ordered(now):
         start = now  # an id from the future would leave the feed silent forever
-    slots: sse.StreamSlots = request.app.state.stream_slots
-    return slots.response(_feed(replica, runs, tenant, start, wanted))
+    return slots_of(request).response(_feed(replica, runs, tenant, start, wanted))
 
 
 def _events(raw: str | None) -> frozenset[str]:

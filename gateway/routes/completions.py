@@ -38,7 +38,7 @@ from core.errors import (
 )
 from core.records import ApprovalSession, SessionStatus
 from gateway import sse
-from gateway.auth import principal_of
+from gateway.auth import Principal
 from gateway.chat_context import ChatContext
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.conversation import converse
@@ -57,10 +57,11 @@ from gateway.handoff import restore_history
 from gateway.idempotent import Retry
 from gateway.openapi import Operation, Param, Reply
 from gateway.opening import client_checkers
-from gateway.reattach import CHUNKS
 from gateway.replica import Replica
 from gateway.request_ids import request_id_of
 from gateway.requests import ChatCompletionRequest, read_json, validate
+from gateway.routes.guard import replica_of, runs_of, slots_of
+from gateway.routes.reattach import CHUNKS
 from gateway.runs import RunRegistry
 
 log = structlog.stdlib.get_logger(__name__)
@@ -79,22 +80,17 @@ class Completion(ChatCompletion):
     approval: ApprovalSession | SkipJsonSchema[None] = None
 
 
-async def chat_completions(request: Request) -> Response:
-    principal = principal_of(request)
-    principal.require("requester")
-    replica: Replica = request.app.state.replica
-    runs: RunRegistry = request.app.state.runs
-    if runs.draining:
-        raise Unavailable("this replica is shutting down; retry on another")
-    replica.check_redis()
+async def chat_completions(request: Request, caller: Principal) -> Response:
+    """Guarded: `requester`; refused while draining or while Redis is down."""
+    replica, runs = replica_of(request), runs_of(request)
     raw = await read_json(request, replica.settings.max_body_bytes)
     body = validate(ChatCompletionRequest, raw)
     _check_limits(replica, body)
-    retry = Retry.of(replica, principal, request, raw)
+    retry = Retry.of(replica, caller, request, raw)
     if retry is not None and (prior := await retry.claim()) is not None:
-        return await retry.repeat(request, prior, body.stream)
+        return await retry.repeat(runs, slots_of(request), prior, body.stream)
     conversation, label = replica.conversation_ids.resolve(
-        request.headers.get("x-conversation-id", ""), principal.tenant, principal.name
+        request.headers.get("x-conversation-id", ""), caller.tenant, caller.name
     )
     ctx = ChatContext(
         model=body.model or replica.settings.upstream_model,
@@ -103,8 +99,8 @@ async def chat_completions(request: Request) -> Response:
         params=body.upstream_params(replica.settings.upstream_fields),
         client_tools=[tool.model_dump(exclude_none=True) for tool in body.tools],
         logged=body.stream,
-        tenant=principal.tenant,
-        requester=principal.name,
+        tenant=caller.tenant,
+        requester=caller.name,
         conversation=conversation,
         conversation_label=label,
         request_id=request_id_of(request.scope),
@@ -132,8 +128,8 @@ async def chat_completions(request: Request) -> Response:
             await retry.failed(error)
         raise
     if body.stream:
-        slots: sse.StreamSlots = request.app.state.stream_slots
-        return slots.response(_stream(runs, _after(first, events), meta, retry), headers)
+        body_stream = _stream(runs, _after(first, events), meta, retry)
+        return slots_of(request).response(body_stream, headers)
     if retry is not None:
         await retry.answered(200, orjson.dumps(completion))
     return JSONResponse(completion, headers=headers)
