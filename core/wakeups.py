@@ -18,6 +18,7 @@ import structlog
 from redis.asyncio import Redis, RedisCluster
 
 from core.connect import REDIS_ERRORS, RedisClient, stop_if_cancelled
+from core.inbox import Inbox
 from core.keys import Keys
 from core.records import SessionStatus
 from core.sharded_pubsub import ShardedChannels
@@ -31,24 +32,19 @@ def publish_command(redis: RedisClient) -> Literal["PUBLISH", "SPUBLISH"]:
     return "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
 
 
-class Waiter:
-    """A local waiter for one session's wake-ups.
+class Waiter(Inbox[bool]):
+    """A local waiter for one session's wake-ups: an inbox where one wake-up stands for
+    every one since the last wait (the caller reads state after each anyway)."""
 
-    Ten thousand of these may wait at once, so it holds a flag and, only while someone
-    waits, one future (an `asyncio.Event` would carry a deque of its own for life).
-    """
-
-    __slots__ = ("_future", "_subscribed", "_woken")
+    __slots__ = ("_subscribed",)
 
     def __init__(self) -> None:
-        self._woken = False
-        self._future: asyncio.Future[None] | None = None
+        super().__init__()
         self._subscribed: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
-        self._woken = True
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
+        if self.empty:
+            self.put(True)
 
     def confirm(self) -> None:
         """The subscription is confirmed (or re-confirmed after a reconnect)."""
@@ -60,25 +56,9 @@ class Waiter:
         """`wait_subscribed` will wait for `confirm`."""
         self._subscribed = asyncio.get_running_loop().create_future()
 
-    def clear(self) -> None:
-        """Forget wake-ups so far (the caller is about to read state anyway)."""
-        self._woken = False
-
     async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - every caller passes a bound
         """Wait for a wake-up or `timeout` seconds; True when woken."""
-        if not self._woken:
-            self._future = asyncio.get_running_loop().create_future()
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # that races with the wake-up, and a cancelled holder must stop.
-                async with asyncio.timeout(timeout):
-                    await self._future
-            except TimeoutError:
-                return False
-            finally:
-                self._future = None
-        self._woken = False
-        return True
+        return bool(await self.take(timeout))
 
     async def wait_subscribed(self, timeout: float) -> None:  # noqa: ASYNC109 - bounded
         """Until the subscription is confirmed, or `timeout` seconds (the poll covers a gap)."""

@@ -9,12 +9,12 @@ once when the client already has every event.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import structlog
 from starlette.responses import Response
 
+from core.errors import GatewayError
 from core.runlog import RunLog
 from gateway import sse
 from gateway.chunks import ChunkMeta, ChunkWriter
@@ -41,15 +41,14 @@ async def _follow(
     replica: Replica, runs: RunRegistry, log_id: str, after: int, meta: ChunkMeta
 ) -> AsyncIterator[bytes]:
     """The run's events after `after`, ending with `[DONE]` however the stream ends."""
-    chunks = ChunkWriter(meta)
-    try:
-        async for part in _replay_and_follow(replica, runs, log_id, after, chunks):
-            yield part
-    except sse.STREAM_ERRORS as raised:
-        error = sse.as_gateway_error(raised)
-        log.warning("reattach_failed", run=log_id, code=error.code, error=error.message)
-        # No `id:`: the client's last event id stays that of the last event it really got.
-        yield sse.data(StreamFailed.of(error).body()) + sse.DONE
+    parts = _replay_and_follow(replica, runs, log_id, after, ChunkWriter(meta))
+    async for part in sse.failures_as(parts, _failed, "reattach_failed", run=log_id):
+        yield part
+
+
+def _failed(error: GatewayError) -> bytes:
+    # No `id:`: the client's last event id stays that of the last event it really got.
+    return sse.data(StreamFailed.of(error).body()) + sse.DONE
 
 
 async def _replay_and_follow(
@@ -58,7 +57,7 @@ async def _replay_and_follow(
     cursor = after
     settings = replica.settings
     async with replica.hub.watch(log_id) as waiter:
-        next_beat = time.monotonic() + settings.heartbeat_interval_s
+        beat = sse.HeartbeatTimer(settings.heartbeat_interval_s)
         while True:
             run = runs.runs.get(log_id)
             # The local run has the events from its first on in memory.
@@ -82,9 +81,8 @@ async def _replay_and_follow(
                     return
                 if await runs.take_over(log_id):
                     continue
-            await waiter.wait(min(settings.reread_interval_s, next_beat - time.monotonic()))
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + settings.heartbeat_interval_s
+            await waiter.wait(min(settings.reread_interval_s, beat.remaining()))
+            if beat.due():
                 yield sse.HEARTBEAT
 
 

@@ -1,4 +1,5 @@
-"""How each outcome of a call reads to the model: its one tool message."""
+"""How each outcome of a call is told: to the model, its one tool message; to the client,
+its tool events."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from typing import Any
 
 import orjson
 
-from core.records import CallStatus, ToolCallView
+from core.records import CALL_DONE_STATUSES, CallStatus, SessionRecord, ToolCallView
+from gateway.events import ToolEvent
 
 
 def tool_message(call: ToolCallView) -> dict[str, Any]:
@@ -38,3 +40,48 @@ def tool_message(call: ToolCallView) -> dict[str, Any]:
             f"The approver edited this call's arguments to {edited} before it ran.{note}\n{content}"
         )
     return {"role": "tool", "tool_call_id": call.upstream_id or call.id, "content": content}
+
+
+_NOT_RUN = frozenset({CallStatus.REJECTED, CallStatus.DENIED, CallStatus.EXPIRED})
+
+
+_RAN = frozenset({CallStatus.RUNNING, CallStatus.SUCCEEDED, CallStatus.FAILED, CallStatus.UNKNOWN})
+
+
+def start_events(record: SessionRecord, *, taking_over: bool = False) -> list[ToolEvent]:
+    """What a client is told as the session's calls start: each queued call is executing,
+    each answered or refused one has its outcome. `taking_over`: also every call that is
+    running or done (`executing`, and the result of each done one), which the runner that
+    stopped may not have reported."""
+    events = []
+    for call in record.view.tool_calls:
+        decision = call.decision
+        if call.status is CallStatus.QUEUED or (taking_over and call.status in _RAN):
+            if decision is not None and decision.decision == "edit":
+                detail = {"arguments": decision.arguments, "edited": True, "by": "approver"}
+            else:
+                detail = {"arguments": call.arguments}
+            events.append(ToolEvent("executing", call.id, call.name, detail))
+            if call.status in CALL_DONE_STATUSES:
+                events.append(result_event(call))
+        elif call.status is CallStatus.RESPONDED:
+            content = decision.result if decision and decision.result is not None else ""
+            detail = {"content": content, "by": "approver", "responded": True}
+            events.append(ToolEvent("result", call.id, call.name, detail))
+        elif call.status in _NOT_RUN:
+            detail = {"reason": decision.reason if decision else "", "by": _actor(call)}
+            events.append(ToolEvent("rejected", call.id, call.name, detail))
+    return events
+
+
+def result_event(call: ToolCallView) -> ToolEvent:
+    content = call.result.content if call.result else ""
+    if call.status is CallStatus.SUCCEEDED:
+        return ToolEvent("result", call.id, call.name, {"content": content})
+    outcome = "unknown" if call.status is CallStatus.UNKNOWN else "failed"
+    return ToolEvent("error", call.id, call.name, {"content": content, "outcome": outcome})
+
+
+def _actor(call: ToolCallView) -> str:
+    actor = call.decision.actor if call.decision else "policy"
+    return actor if actor in ("policy", "deadline") else "approver"

@@ -21,6 +21,7 @@ import structlog
 from core.audit import AuditEntry
 from core.connect import REDIS_ERRORS, stop_if_cancelled
 from core.errors import GatewayError
+from core.inbox import Inbox
 from core.records import SessionStatus
 from core.runlog import Lease, RunLog
 from gateway.chunks import ChunkMeta
@@ -43,7 +44,7 @@ from gateway.events import (
     to_json,
 )
 from gateway.replica import Replica
-from gateway.sse import STREAM_ERRORS, as_gateway_error
+from gateway.sse import HeartbeatTimer, failures_as
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -52,37 +53,8 @@ _URGENT = (ApprovalNotice, ToolEvent, Finished, StreamFailed, Ended)
 """Events flushed to the log at once; content deltas wait for the batch window."""
 
 
-class Listener:
-    """One listener's inbox: a list and, only while the listener waits, one future.
-
-    (An `asyncio.Queue` would carry three deques per held stream for its whole life.)
-    """
-
-    __slots__ = ("_future", "_items")
-
-    def __init__(self) -> None:
-        self._items: list[Item] = []
-        self._future: asyncio.Future[None] | None = None
-
-    def put(self, item: Item) -> None:
-        self._items.append(item)
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
-
-    async def take(self, timeout: float) -> list[Item]:  # noqa: ASYNC109 - bounded on purpose
-        """Every item put since the last take (waiting for one), or [] after `timeout`
-        seconds without any: what arrived together is sent together."""
-        if not self._items:
-            self._future = asyncio.get_running_loop().create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._future
-            except TimeoutError:
-                return []
-            finally:
-                self._future = None
-        items, self._items = self._items, []
-        return items
+Listener = Inbox[Item]
+"""One listener's inbox: the numbered events, heartbeats and re-attach notices for it."""
 
 
 class Run:
@@ -139,10 +111,10 @@ class Run:
             backlog.append(self._final)
         self.listeners.add(listener)
         try:
-            interval = self.registry.replica.settings.heartbeat_interval_s
-            batch = backlog or await listener.take(interval)
+            beat = HeartbeatTimer(self.registry.replica.settings.heartbeat_interval_s)
+            batch = backlog or await listener.take(beat.remaining())
             while True:
-                if not batch:
+                if not batch and beat.due():
                     yield [Heartbeat()]
                 for index, item in enumerate(batch):
                     if isinstance(item, Reattach) or (
@@ -152,7 +124,8 @@ class Run:
                         return
                 if batch:
                     yield batch
-                batch = await listener.take(interval)
+                    beat.sent()
+                batch = await listener.take(beat.remaining())
         finally:
             self.listeners.discard(listener)
 
@@ -186,31 +159,35 @@ class Run:
         self.registry.runs.pop(self.log_id, None)
 
     async def _drive(self, source: AsyncIterator[Event]) -> None:
-        try:
-            async for event in source:
-                if isinstance(event, TextPieces):
-                    for piece in event.pieces:
-                        self._publish(ContentDelta(piece))
-                elif isinstance(event, SessionOpened):
-                    # Logged before the loop goes on to claim it: a replica taking over
-                    # continues this round's session, not the one before.
-                    self._meta_fields["session"] = self.session_id = event.session_id
-                    await self._flush_until_logged()
-                elif isinstance(event, Heartbeat):
-                    continue  # each listener sends its own when idle
-                else:
-                    self._publish(event)
-        except STREAM_ERRORS as raised:
-            error = as_gateway_error(raised)
-            log.warning("run_failed", run=self.log_id, code=error.code, error=error.message)
-            self._publish(StreamFailed.of(error))
-            await self._record_failure(error)
+        logging = failures_as(self._log(source), StreamFailed.of, "run_failed", run=self.log_id)
+        async for failed in logging:  # only a failure comes out
+            self._publish(failed)
+            await self._record_failure(failed)
         self._meta_fields["done"] = "1"  # flushed with Ended: a finished run is never resumed
         self._publish(Ended())
         self.ended = True
         asyncio.get_running_loop().create_task(self.stop(hand_over=False))
 
-    async def _record_failure(self, error: GatewayError) -> None:
+    async def _log(self, source: AsyncIterator[Event]) -> AsyncIterator[StreamFailed]:
+        """Log each event of `source` (listeners get them once logged). Yields nothing of
+        its own: `failures_as` turns what ends it early into the run's `StreamFailed`."""
+        async for event in source:
+            if isinstance(event, TextPieces):
+                for piece in event.pieces:
+                    self._publish(ContentDelta(piece))
+            elif isinstance(event, SessionOpened):
+                # Logged before the loop goes on to claim it: a replica taking over
+                # continues this round's session, not the one before.
+                self._meta_fields["session"] = self.session_id = event.session_id
+                await self._flush_until_logged()
+            elif isinstance(event, Heartbeat):
+                continue  # each listener sends its own when idle
+            else:
+                self._publish(event)
+        return
+        yield  # an async generator that yields nothing itself
+
+    async def _record_failure(self, error: StreamFailed) -> None:
         """A failed run's session (if it was running) is failed, and the audit log says why."""
         replica = self.registry.replica
         try:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -14,6 +15,8 @@ from core.connect import UNAVAILABLE_ERRORS
 from core.errors import GatewayError, Overloaded, RedisUnavailable
 
 log = structlog.stdlib.get_logger(__name__)
+
+T = TypeVar("T")
 
 STREAM_ERRORS = (Exception,)
 """What ends a stream that already started with an error event and `[DONE]`: anything but
@@ -37,6 +40,21 @@ def as_gateway_error(error: Exception) -> GatewayError:
         return RedisUnavailable(f"redis is unavailable: {error}")
     log.error("unexpected_stream_error", exc_info=error)
     return GatewayError(f"the gateway failed ({type(error).__name__}); the details are in its log")
+
+
+async def failures_as(
+    source: AsyncIterator[T], failed: Callable[[GatewayError], T], event: str, **context: object
+) -> AsyncIterator[T]:
+    """`source`, ending with `failed(error)` where it would raise: the one place where an
+    error that ends a started stream becomes that stream's error event (logged as `event`).
+    Each protocol says how its error event reads; a cancellation still goes through."""
+    try:
+        async for item in source:
+            yield item
+    except STREAM_ERRORS as raised:
+        error = as_gateway_error(raised)
+        log.warning(event, code=error.code, error=error.message, **context)
+        yield failed(error)
 
 
 def data(payload: Any) -> bytes:
@@ -75,3 +93,26 @@ class _SlotResponse(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self._slots.held -= 1
+
+
+class HeartbeatTimer:
+    """When a held stream's next heartbeat is due: every stream that can fall quiet (a held
+    request, a re-attached one, the approvals feed, a run's listener) keeps one."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.next_at = time.monotonic() + interval_s
+
+    def remaining(self) -> float:
+        return max(self.next_at - time.monotonic(), 0.0)
+
+    def sent(self) -> None:
+        """Something was sent: the stream is not quiet, the next beat is an interval away."""
+        self.next_at = time.monotonic() + self.interval_s
+
+    def due(self) -> bool:
+        """True once per interval: send a heartbeat now."""
+        if time.monotonic() < self.next_at:
+            return False
+        self.next_at = time.monotonic() + self.interval_s
+        return True

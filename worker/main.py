@@ -18,12 +18,11 @@ import time
 import structlog
 from opentelemetry import trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
-from redis.exceptions import RedisError
 
 from core import logs, tracing
 from core.arguments import ArgumentError
 from core.audit import AuditEntry, AuditLog
-from core.connect import RedisClient, connect
+from core.connect import REDIS_ERRORS, RedisClient, connect
 from core.jobs import Job, JobQueue
 from core.keys import Keys
 from core.records import ToolResult, arguments_sha256
@@ -94,7 +93,7 @@ class Worker:
                     continue
                 try:
                     jobs = await self.jobs.read(self.name, free, self.settings.block_ms)
-                except RedisError as error:
+                except REDIS_ERRORS as error:
                     self.metrics.redis_errors.inc()
                     log.warning("job_read_failed", error=str(error))
                     await asyncio.sleep(0.5)
@@ -131,7 +130,7 @@ class Worker:
         error = None if task.cancelled() else task.exception()
         if error is None:
             return
-        if isinstance(error, RedisError):
+        if isinstance(error, REDIS_ERRORS):
             self.metrics.redis_errors.inc()
         entry_id = job.entry_id if job is not None else "?"
         log.error("job_failed", job=entry_id, exc_info=error)
@@ -208,7 +207,7 @@ class Worker:
             )
             try:
                 await self.audit.append([entry])
-            except RedisError:  # the outcome is stored; audit is best effort
+            except REDIS_ERRORS:  # the outcome is stored; audit is best effort
                 self.metrics.redis_errors.inc()
         span = trace.get_current_span()
         span.set_attribute("worker.event", event)
@@ -264,7 +263,7 @@ class Worker:
                         self.metrics.jobs_reclaimed.inc(len(claimed))
                     self._spawn(claimed, reclaimed=True)
                 self._redis_answered()  # unless stopping, keep_alive or reclaim asked it
-            except RedisError as error:
+            except REDIS_ERRORS as error:
                 self.metrics.redis_errors.inc()
                 log.warning("job_upkeep_failed", error=str(error))
 
@@ -292,7 +291,7 @@ async def serve(settings: Settings) -> None:
         async with health_port(worker, settings.worker.metrics_host, settings.worker.metrics_port):
             await worker.run()
     finally:
-        with contextlib.suppress(RedisError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await redis.aclose()
         tracing.shutdown()
 

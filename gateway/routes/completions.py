@@ -157,44 +157,63 @@ def _check_limits(replica: Replica, body: ChatCompletionRequest) -> None:
         raise InvalidRequest(message, "tools") from error
 
 
+class _Chunks(ChunkWriter):
+    """A streamed answer's chunks, numbered as they go."""
+
+    def __init__(self, meta: ChunkMeta) -> None:
+        super().__init__(meta)
+        self.seq = 1
+        """The number of the last chunk sent."""
+        self.held = False
+        """The answer became a run, which sent its end itself."""
+
+    def failed(self, error: GatewayError) -> bytes:
+        self.seq += 1
+        return self.render(self.seq, StreamFailed.of(error))
+
+
 async def _stream(
     runs: RunRegistry, events: AsyncIterator[Event], meta: ChunkMeta, retry: Retry | None
 ) -> AsyncIterator[bytes]:
-    chunks = ChunkWriter(meta)
-    seq = 1
-    yield chunks.role(seq)
-    try:
-        async for event in events:
-            if isinstance(event, TextPieces):  # the hot path: the tokens of one upstream read
-                yield chunks.contents(seq, event.pieces)
-                seq += len(event.pieces)
-                continue
-            if isinstance(event, ApprovalNotice) and event.session.status is SessionStatus.PENDING:
-                # From here on the request is a run; it goes on if this client goes away.
-                run = await runs.start(event, events, seq, meta)
-                if retry is not None:
-                    try:
-                        await retry.became_run(run.log_id)
-                    except sse.STREAM_ERRORS as failure:  # the run goes on; its retry waits
-                        log.warning("run_retry_not_recorded", run=run.log_id, error=str(failure))
-                async for items in run.listen(seq):
-                    yield chunks.items(items)
-                return
-            if isinstance(event, Heartbeat):
-                yield sse.HEARTBEAT
-            elif not isinstance(event, SessionOpened):
-                seq += 1
-                yield chunks.render(seq, event)
-    except sse.STREAM_ERRORS as raised:
-        error = sse.as_gateway_error(raised)
-        log.warning(
-            "stream_failed", completion=meta.completion_id, code=error.code, error=error.message
-        )
-        seq += 1
-        yield chunks.render(seq, StreamFailed.of(error))
+    chunks = _Chunks(meta)
+    yield chunks.role(chunks.seq)
+    parts = _parts(runs, events, chunks, retry)
+    async for part in sse.failures_as(
+        parts, chunks.failed, "stream_failed", completion=meta.completion_id
+    ):
+        yield part
+    if chunks.held:
+        return
     if retry is not None:
         await retry.ended()
-    yield chunks.render(seq + 1, Ended())
+    yield chunks.render(chunks.seq + 1, Ended())
+
+
+async def _parts(
+    runs: RunRegistry, events: AsyncIterator[Event], chunks: _Chunks, retry: Retry | None
+) -> AsyncIterator[bytes]:
+    async for event in events:
+        if isinstance(event, TextPieces):  # the hot path: the tokens of one upstream read
+            yield chunks.contents(chunks.seq, event.pieces)
+            chunks.seq += len(event.pieces)
+            continue
+        if isinstance(event, ApprovalNotice) and event.session.status is SessionStatus.PENDING:
+            # From here on the request is a run; it goes on if this client goes away.
+            run = await runs.start(event, events, chunks.seq, chunks.meta)
+            if retry is not None:
+                try:
+                    await retry.became_run(run.log_id)
+                except sse.STREAM_ERRORS as failure:  # the run goes on; its retry waits
+                    log.warning("run_retry_not_recorded", run=run.log_id, error=str(failure))
+            async for items in run.listen(chunks.seq):
+                yield chunks.items(items)
+            chunks.held = True
+            return
+        if isinstance(event, Heartbeat):
+            yield sse.HEARTBEAT
+        elif not isinstance(event, SessionOpened):
+            chunks.seq += 1
+            yield chunks.render(chunks.seq, event)
 
 
 async def _complete(

@@ -17,7 +17,6 @@ elsewhere with its last id).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ from core.audit import AuditLog
 from core.errors import (
     ErrorBody,
     Forbidden,
+    GatewayError,
     InvalidRequest,
     Overloaded,
     RedisUnavailable,
@@ -109,41 +109,47 @@ def _events(raw: str | None) -> frozenset[str]:
 async def _feed(
     replica: Replica, runs: RunRegistry, tenant: str | None, cursor: str, wanted: frozenset[str]
 ) -> AsyncIterator[bytes]:
-    audit, settings = replica.audit, replica.settings
     yield _event(cursor, "ready", FeedReady(id=cursor, tenant=tenant).model_dump())
-    try:
-        async with audit.follow(await _streams(audit, tenant)) as follower:
-            next_beat = time.monotonic() + settings.heartbeat_interval_s
-            recheck = False
-            while not runs.draining:
-                quiet = next_beat - time.monotonic()
-                if tenant is None:
-                    quiet = min(quiet, TENANTS_REREAD_S)
-                # After a ring, read once more when Redis's current millisecond has passed:
-                # the first read left entries of that millisecond for later.
-                rung = await follower.wait(SETTLE_S if recheck else quiet)
-                grown, recheck = rung or recheck, rung
-                if tenant is None:  # an admin's feed follows tenants that appear
-                    follower.update(await _streams(audit, None))
-                while grown and (entries := await audit.read_settled(tenant, cursor, BATCH)):
-                    cursor = entries[-1]["id"]
-                    for index, entry in enumerate(entries):
-                        if entry["event"] in wanted:
-                            # Entries of two tenants can share an id: only the last of them
-                            # carries it, so a client cut off between them resumes before
-                            # both (and may see the first again) rather than after both.
-                            tied = (
-                                index + 1 < len(entries) and entries[index + 1]["id"] == entry["id"]
-                            )
-                            yield _event(None if tied else entry["id"], entry["event"], entry)
-                    grown = len(entries) >= BATCH  # more than BATCH: the last id was tied
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + settings.heartbeat_interval_s
-                    yield sse.HEARTBEAT
-    except sse.STREAM_ERRORS as raised:
-        error = sse.as_gateway_error(raised)
-        log.warning("approvals_feed_failed", code=error.code, error=error.message)
-        yield b"event: error\ndata: " + orjson.dumps(error.body()) + b"\n\n"
+    entries = _entries(replica, runs, tenant, cursor, wanted)
+    async for part in sse.failures_as(entries, _error_event, "approvals_feed_failed"):
+        yield part
+
+
+def _error_event(error: GatewayError) -> bytes:
+    return _event(None, "error", error.body())
+
+
+async def _entries(
+    replica: Replica, runs: RunRegistry, tenant: str | None, cursor: str, wanted: frozenset[str]
+) -> AsyncIterator[bytes]:
+    """Each wanted audit entry after `cursor` as its event, live, heartbeats while quiet."""
+    audit, settings = replica.audit, replica.settings
+    async with audit.follow(await _streams(audit, tenant)) as follower:
+        beat = sse.HeartbeatTimer(settings.heartbeat_interval_s)
+        recheck = False
+        while not runs.draining:
+            quiet = beat.remaining()
+            if tenant is None:
+                quiet = min(quiet, TENANTS_REREAD_S)
+            # After a ring, read once more when Redis's current millisecond has passed:
+            # the first read left entries of that millisecond for later.
+            rung = await follower.wait(SETTLE_S if recheck else quiet)
+            grown, recheck = rung or recheck, rung
+            if tenant is None:  # an admin's feed follows tenants that appear
+                follower.update(await _streams(audit, None))
+            while grown and (entries := await audit.read_settled(tenant, cursor, BATCH)):
+                cursor = entries[-1]["id"]
+                for index, entry in enumerate(entries):
+                    if entry["event"] in wanted:
+                        # Entries of two tenants can share an id: only the last of them
+                        # carries it, so a client cut off between them resumes before
+                        # both (and may see the first again) rather than after both.
+                        tied = index + 1 < len(entries) and entries[index + 1]["id"] == entry["id"]
+                        yield _event(None if tied else entry["id"], entry["event"], entry)
+                        beat.sent()
+                grown = len(entries) >= BATCH  # more than BATCH: the last id was tied
+            if beat.due():
+                yield sse.HEARTBEAT
 
 
 def _ordered(entry_id: str) -> tuple[int, int]:

@@ -160,19 +160,23 @@ def error_body(error: GatewayError) -> dict[str, Any]:
 
 
 async def _stream(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            if isinstance(event, TextPieces):
-                yield b"".join(sse.data({"type": "content", "content": p}) for p in event.pieces)
-                continue
-            rendered = _render(event)
-            if rendered is not None:
-                yield sse.data(rendered.model_dump())
-    except sse.STREAM_ERRORS as raised:
-        error = sse.as_gateway_error(raised)
-        log.warning("legacy_stream_failed", code=error.code, error=error.message)
-        yield sse.data({"type": "error", "error": error.message})
+    async for part in sse.failures_as(_parts(events), _failed, "legacy_stream_failed"):
+        yield part
     yield sse.DONE
+
+
+async def _parts(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+    async for event in events:
+        if isinstance(event, TextPieces):
+            yield b"".join(sse.data({"type": "content", "content": p}) for p in event.pieces)
+            continue
+        rendered = _render(event)
+        if rendered is not None:
+            yield sse.data(rendered.model_dump())
+
+
+def _failed(error: GatewayError) -> bytes:
+    return sse.data(LegacyStreamError(error=error.message).model_dump())
 
 
 def _render(event: Event) -> BaseModel | None:
