@@ -45,6 +45,8 @@ class PriorRequest:
     """A running request not done by then was abandoned."""
     log_id: str = ""
     """Its run, once it became one (a streamed request held for a person)."""
+    conversation: str = ""
+    """The conversation it belongs to (`X-Conversation-Id` of its answer, and its retries')."""
     status: int = 0
     """The HTTP status of its stored answer (`done`, not streamed)."""
     body: bytes = b""
@@ -72,14 +74,21 @@ class IdempotentRequests:
         return IdempotencyKey(record, f"idem-{digest}", secrets.token_hex(8))
 
     async def claim(
-        self, key: IdempotencyKey, fingerprint: str, until: float, *, first: bool = False
+        self,
+        key: IdempotencyKey,
+        fingerprint: str,
+        until: float,
+        conversation: str,
+        *,
+        first: bool = False,
     ) -> PriorRequest | str | None:
-        """None when this request is the first with the key (it now owns it); what became
-        of the first; or `AMBIGUOUS`. `first`: the request says it is a first attempt (it
-        is no retry, whatever the key held)."""
+        """None when this request is the first with the key (it now owns it, in
+        `conversation`); what became of the first; or `AMBIGUOUS`. `first`: the request says
+        it is a first attempt (it is no retry, whatever the key held)."""
+        first_flag = "1" if first else "0"
         outcome, *rest = await self._claim(
             keys=[key.record],
-            args=[fingerprint, repr(until), self.retention_s, "1" if first else "0", key.owner],
+            args=[fingerprint, repr(until), self.retention_s, first_flag, key.owner, conversation],
         )
         if outcome == "new":
             return None
@@ -115,6 +124,7 @@ def _prior(fields: dict[str, str]) -> PriorRequest:
         state=fields.get("state", "running"),
         until=float(fields.get("until", "0")),
         log_id=fields.get("log", ""),
+        conversation=fields.get("conversation", ""),
         status=int(fields.get("status") or 0),
         body=fields.get("body", "").encode(),
     )

@@ -454,6 +454,7 @@ return 1
 # ARGV[3] retention seconds of the record
 # ARGV[4] '1' when the request says it is a first attempt (not a retry)
 # ARGV[5] the claimant's token (only it may record what became of the request)
+# ARGV[6] the conversation the request belongs to (its retries answer with it)
 # Returns {'new'} when this request is the first, {'ambiguous'} when a retry cannot be
 # matched, else {'seen', HGETALL}.
 CLAIM_IDEMPOTENCY_KEY = (
@@ -473,7 +474,7 @@ if state then
   redis.call('DEL', key)
 end
 redis.call('HSET', key, 'fingerprint', ARGV[1], 'state', 'running', 'until', ARGV[2],
-           'owner', ARGV[5])
+           'owner', ARGV[5], 'conversation', ARGV[6])
 redis.call('EXPIRE', key, tonumber(ARGV[3]))
 return {'new'}
 """

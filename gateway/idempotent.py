@@ -67,7 +67,7 @@ class Retry:
         first = not explicit and int(attempt) == 0
         return cls(replica, replica.idempotency.key(scope, name), fingerprint, first=first)
 
-    async def claim(self) -> PriorRequest | None:
+    async def claim(self, conversation: str) -> PriorRequest | None:
         """None when this request runs (the first with the key, or a retry that cannot be
         matched to one first request), else what became of the first."""
         settings = self.replica.settings
@@ -75,7 +75,7 @@ class Retry:
         bound = settings.approval_timeout_s + settings.tool_result_timeout_s
         until = time.time() + bound + 2 * settings.upstream_timeout_s
         prior = await self.replica.idempotency.claim(
-            self.key, self.fingerprint, until, first=self.first
+            self.key, self.fingerprint, until, conversation, first=self.first
         )
         if isinstance(prior, str):  # ambiguous: run as a request of its own, unrecorded
             return None

@@ -86,12 +86,14 @@ async def chat_completions(request: Request, caller: Principal) -> Response:
     raw = await read_json(request, replica.settings.max_body_bytes)
     body = validate(ChatCompletionRequest, raw)
     _check_limits(replica, body)
-    retry = Retry.of(replica, caller, request, raw)
-    if retry is not None and (prior := await retry.claim()) is not None:
-        return await retry.repeat(runs, slots_of(request), prior, body.stream)
     conversation, label = replica.conversation_ids.resolve(
         request.headers.get("x-conversation-id", ""), caller.tenant, caller.name
     )
+    retry = Retry.of(replica, caller, request, raw)
+    if retry is not None and (prior := await retry.claim(conversation)) is not None:
+        repeated = await retry.repeat(runs, slots_of(request), prior, body.stream)
+        repeated.headers[CONVERSATION_HEADER] = prior.conversation or conversation
+        return repeated
     ctx = ChatContext(
         model=body.model or replica.settings.upstream_model,
         protocol="openai",
@@ -272,8 +274,8 @@ OPERATIONS = (
                 Completion,
                 stream=CHUNKS,
                 headers={
-                    CONVERSATION_HEADER: "The conversation grants are scoped to (not on the "
-                    "answer to a retry, which replays the first request's)"
+                    CONVERSATION_HEADER: "The conversation grants are scoped to (on the answer "
+                    "to a retry, the first request's)"
                 },
             )
         },
