@@ -23,7 +23,8 @@ from core.errors import GatewayError, MethodNotAllowed
 from core.settings import Settings
 from gateway.app import create_app
 from gateway.openapi import error_statuses
-from gateway.routes import LEGACY_PATHS, OPERATIONS
+from gateway.routes import LEGACY_PATHS, OPERATIONS, routes
+from gateway.routes.guard import GuardedRoute
 from tests.conftest import Replica
 
 HTTP_METHODS = {"get", "post", "put", "patch", "delete", "head", "options", "trace"}
@@ -69,6 +70,23 @@ def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
 
 def test_every_route_is_described_and_nothing_else(document: dict[str, Any]) -> None:
     assert {(method, path) for method, path, _ in described(document)} == route_table()
+
+
+def test_a_route_is_guarded_exactly_when_its_operation_needs_a_key_and_says_its_roles() -> None:
+    """The route table's guards and the document cannot drift apart: a keyed operation's
+    route runs behind a guard, an open one's does not, and the operation's description
+    names every role its guard requires."""
+    operations = {(op.method, op.path): op for op in OPERATIONS}
+    checked = 0
+    for route in routes():
+        for method in (route.methods or set()) - {"HEAD"}:
+            operation = operations[(method, route.path)]
+            assert isinstance(route, GuardedRoute) == operation.keyed, (method, route.path)
+            if isinstance(route, GuardedRoute):
+                for role in route.guard.roles:
+                    assert f"`{role}`" in operation.description, (method, route.path, role)
+            checked += 1
+    assert checked == len(OPERATIONS)
 
 
 def test_every_error_status_is_described_with_the_error_body(document: dict[str, Any]) -> None:

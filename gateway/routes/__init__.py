@@ -2,9 +2,9 @@
 
 One module per resource; each holds its handlers and its `OPERATIONS` (what
 `GET /openapi.json` says of it). A keyed handler takes `(request, caller)` and runs
-behind `guard.guarded`, which authenticates, requires the roles given here, refuses new
-held streams while the replica drains (`holds`) and refuses new state while Redis is
-down (`stores`). Errors become JSON in one place (`gateway.app`).
+behind its `Guard` (`guard.py`), which authenticates, requires the roles given here,
+refuses new held streams while the replica drains (`holds`) and refuses new state while
+Redis is down (`stores`). Errors become JSON in one place (`gateway.app`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from gateway.routes import (
     operating,
     reattach,
 )
-from gateway.routes.guard import Endpoint, guarded
+from gateway.routes.guard import Endpoint, Guard, GuardedRoute, Handler
 
 REQUESTER, APPROVER = "requester", "approver"
 
@@ -33,35 +33,46 @@ def routes() -> list[Route]:
     """The route table."""
     return [
         # OpenAI's API, and the approvals around it
-        _post(
+        _keyed(
+            "POST",
             "/v1/chat/completions",
-            guarded(completions.chat_completions, REQUESTER, holds=True, stores=True),
+            completions.chat_completions,
+            Guard((REQUESTER,), holds=True, stores=True),
         ),
-        _get("/v1/models", guarded(models.list_models)),
-        _get("/v1/models/{model_id:path}", guarded(models.get_model)),
-        _get("/v1/approvals", guarded(approvals.list_approvals, REQUESTER, APPROVER)),
-        _get("/v1/approvals/events", guarded(feed.approval_events, APPROVER, holds=True)),
-        _get("/v1/approvals/{session_id}", guarded(approvals.get_approval, REQUESTER, APPROVER)),
+        _keyed("GET", "/v1/models", models.list_models, Guard()),
+        _keyed("GET", "/v1/models/{model_id:path}", models.get_model, Guard()),
+        _keyed("GET", "/v1/approvals", approvals.list_approvals, Guard((REQUESTER, APPROVER))),
+        _keyed("GET", "/v1/approvals/events", feed.approval_events, Guard((APPROVER,), holds=True)),
+        _keyed(
+            "GET",
+            "/v1/approvals/{session_id}",
+            approvals.get_approval,
+            Guard((REQUESTER, APPROVER)),
+        ),
         # Any known key: the decision requires `approver` once the session is found, so
         # that a refusal is audited against it.
-        _post("/v1/approvals/{session_id}/decision", guarded(approvals.decide)),
-        _get(
+        _keyed("POST", "/v1/approvals/{session_id}/decision", approvals.decide, Guard()),
+        _keyed(
+            "GET",
             "/v1/approvals/{session_id}/stream",
-            guarded(reattach.reattach, REQUESTER, APPROVER, holds=True),
+            reattach.reattach,
+            Guard((REQUESTER, APPROVER), holds=True),
         ),
-        _get("/v1/audit", guarded(audit.list_audit, APPROVER)),
-        _get("/v1/me", guarded(me.me)),
+        _keyed("GET", "/v1/audit", audit.list_audit, Guard((APPROVER,))),
+        _keyed("GET", "/v1/me", me.me, Guard()),
         # The first version's protocol (its streams end at the approval notice: none held)
-        _post("/v1/chat/completion", guarded(legacy.chat_completion, REQUESTER, stores=True)),
-        _post("/v1/chat/approve", guarded(legacy.approve)),
-        _get("/health", legacy.health),
+        _keyed(
+            "POST", "/v1/chat/completion", legacy.chat_completion, Guard((REQUESTER,), stores=True)
+        ),
+        _keyed("POST", "/v1/chat/approve", legacy.approve, Guard()),
+        _open("/health", legacy.health),
         # No key
-        _get("/healthz", operating.healthz),
-        _get("/readyz", operating.readyz),
-        _get("/metrics", operating.metrics_page),
-        _get("/openapi.json", operating.openapi_json),
-        _get("/inbox", inbox.page),
-        _get("/inbox/{name}", inbox.asset),
+        _open("/healthz", operating.healthz),
+        _open("/readyz", operating.readyz),
+        _open("/metrics", operating.metrics_page),
+        _open("/openapi.json", operating.openapi_json),
+        _open("/inbox", inbox.page),
+        _open("/inbox/{name}", inbox.asset),
     ]
 
 
@@ -82,9 +93,10 @@ LEGACY_PATHS = frozenset({"/v1/chat/completion", "/v1/chat/approve"})
 """Where errors take the first version's shape."""
 
 
-def _get(path: str, endpoint: Endpoint) -> Route:
+def _keyed(method: str, path: str, handler: Handler, guard: Guard) -> Route:
+    return GuardedRoute(method, path, handler, guard)
+
+
+def _open(path: str, endpoint: Endpoint) -> Route:
+    """A route anyone may read, without a key."""
     return Route(path, endpoint, methods=["GET"])
-
-
-def _post(path: str, endpoint: Endpoint) -> Route:
-    return Route(path, endpoint, methods=["POST"])

@@ -108,9 +108,10 @@ OPERATIONS = (
         "/v1/audit",
         "Audit entries, filtered and paged, in time order",
         {200: Reply("A page of entries", AuditPage)},
-        description="Approvers read their own tenant's entries; admins every tenant's, merged "
-        "(or one with `tenant`). A page holds `limit` entries, or a few more when entries of "
-        "other tenants share the last one's id, so that `after` never skips them.",
+        description="Needs the role `approver`. Approvers read their own tenant's entries; "
+        "admins every tenant's, merged (or one with `tenant`). A page holds `limit` entries, "
+        "or a few more when entries of other tenants share the last one's id, so that `after` "
+        "never skips them.",
         params=(
             Param("limit", "Entries per page", schema=_LIMIT_PARAM),
             Param("after", "The last entry id seen (`<ms>-<n>`)", schema=_ENTRY_ID_PARAM),

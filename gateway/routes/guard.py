@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from core.errors import Unavailable
 from gateway.auth import Principal, principal_of
@@ -47,17 +48,23 @@ class Guard:
             replica_of(request).check_redis()
         return caller
 
+    def around(self, handler: Handler) -> Endpoint:
+        """`handler` behind this guard, as Starlette calls an endpoint."""
 
-def guarded(handler: Handler, *roles: str, holds: bool = False, stores: bool = False) -> Endpoint:
-    """`handler` behind a `Guard` of `roles` (see `Guard` for `holds` and `stores`)."""
-    guard = Guard(roles, holds=holds, stores=stores)
+        async def endpoint(request: Request) -> Response:
+            return await handler(request, self.admit(request))
 
-    async def endpoint(request: Request) -> Response:
-        return await handler(request, guard.admit(request))
+        endpoint.__name__ = endpoint.__qualname__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
 
-    endpoint.__name__ = endpoint.__qualname__ = handler.__name__
-    endpoint.__doc__ = handler.__doc__
-    return endpoint
+
+class GuardedRoute(Route):
+    """A route whose handler runs behind its `guard` (the route table's keyed routes)."""
+
+    def __init__(self, method: str, path: str, handler: Handler, guard: Guard) -> None:
+        super().__init__(path, guard.around(handler), methods=[method])
+        self.guard = guard
 
 
 def replica_of(request: Request) -> Replica:

@@ -222,7 +222,7 @@ OPERATIONS = (
                 headers={"X-Conversation-Id": "The conversation grants are scoped to"},
             )
         },
-        description=_LENIENT,
+        description=f"Needs the role `requester`. {_LENIENT}",
         body=LegacyChatRequest,
         errors=(*_BODY_ERRORS, Forbidden, Overloaded, RedisUnavailable),
         error_model=LegacyError,
@@ -238,7 +238,7 @@ OPERATIONS = (
                 stream=_EVENTS,
             )
         },
-        description=_LENIENT,
+        description=f"Needs the role `approver`. {_LENIENT}",
         body=LegacyApproveRequest,
         errors=(
             *_BODY_ERRORS,
