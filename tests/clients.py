@@ -6,13 +6,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import openai
 import orjson
 from openai import Stream
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+
+if TYPE_CHECKING:
+    from tests.conftest import Replica
 
 
 def sdk(
@@ -122,6 +125,60 @@ def sse_data(lines: Iterable[str]) -> list[Any]:
             raw = line[len("data: ") :]
             payloads.append(raw if raw == "[DONE]" else orjson.loads(raw))
     return payloads
+
+
+def read_events(lines: Iterable[str], until_approval: bool = False) -> list[tuple[str, Any]]:
+    """(id, payload) of each `data:` event; stops after the pending approval notice if asked."""
+    events: list[tuple[str, Any]] = []
+    event_id = ""
+    for line in lines:
+        if line.startswith("id: "):
+            event_id = line[len("id: ") :]
+        elif line.startswith("data: "):
+            payload = sse_data([line])[0]
+            events.append((event_id, payload))
+            event_id = ""
+            if until_approval and isinstance(payload, dict) and "approval" in payload:
+                break
+    return events
+
+
+def hold(url: str, prompt: str) -> tuple[str, int]:
+    """Open a streamed chat, read to its approval notice, hang up: (session id, notice id)."""
+    body = {"model": "m", "stream": True, "messages": user(prompt)}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
+        events = read_events(r.iter_lines(), until_approval=True)
+    notice_id, notice = events[-1]
+    return notice["approval"]["id"], int(notice_id)
+
+
+def reattach(url: str, session_id: str, last_event_id: int) -> list[tuple[str, Any]]:
+    """Re-attach to a session's run after `last_event_id` and read it to its end."""
+    headers = {"Last-Event-ID": str(last_event_id)}
+    with httpx.stream(
+        "GET", f"{url}/v1/approvals/{session_id}/stream", headers=headers, timeout=60
+    ) as response:
+        assert response.status_code == 200, response.read()
+        return read_events(response.iter_lines())
+
+
+def text_of(events: list[tuple[str, Any]]) -> str:
+    """The answer's text in `read_events` output."""
+    return "".join(
+        p["choices"][0]["delta"].get("content") or ""
+        for _id, p in events
+        if isinstance(p, dict) and p.get("choices")
+    )
+
+
+def open_pending(replica: Replica, prompt: str = "getStringLength of 'abc'") -> dict[str, Any]:
+    """Start a first-version chat (it does not hold the stream) and return its pending session."""
+    body = {"messages": user(prompt), "model": ""}
+    with httpx.stream("POST", f"{replica.url}/v1/chat/completion", json=body, timeout=30) as r:
+        events = sse_data(r.iter_lines())
+    [notice] = [e for e in events if isinstance(e, dict) and e["type"] == "approvalRequired"]
+    session: dict[str, Any] = httpx.get(f"{replica.url}/v1/approvals/{notice['sessionId']}").json()
+    return session
 
 
 class HeldStream:

@@ -10,18 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import decide, sse_data, user
+from tests.clients import decide, open_pending
 from tests.conftest import Replica, StackFactory
-
-
-def open_pending(replica: Replica, prompt: str = "getStringLength of 'abc'") -> dict[str, Any]:
-    """Start a first-version chat (it does not hold the stream) and return its pending session."""
-    body = {"messages": user(prompt), "model": ""}
-    with httpx.stream("POST", f"{replica.url}/v1/chat/completion", json=body, timeout=30) as r:
-        events = sse_data(r.iter_lines())
-    [notice] = [e for e in events if isinstance(e, dict) and e["type"] == "approvalRequired"]
-    session: dict[str, Any] = httpx.get(f"{replica.url}/v1/approvals/{notice['sessionId']}").json()
-    return session
+from tests.mediation import wait_for
 
 
 def test_pending_sessions_are_listed_and_readable(gateway: Replica) -> None:
@@ -63,9 +54,10 @@ def test_decision_after_the_deadline_is_410_and_the_sweeper_expires_it(
 ) -> None:
     replica = make_stack(approval_timeout_s="1").replicas[0]
     session = open_pending(replica)
-    time.sleep(1.6)
     # Nobody holds a first-version session: the sweeper alone moves it to expired.
-    assert httpx.get(f"{replica.url}/v1/approvals/{session['id']}").json()["status"] == "expired"
+    url = f"{replica.url}/v1/approvals/{session['id']}"
+    assert wait_for(lambda: httpx.get(url).json()["status"] == "expired"), "not expired"
+    assert time.time() >= session["expires_at"]  # not before its deadline
     late = decide(replica.url, session["id"], "approve")
     assert late.status_code == 410
     assert late.json()["error"]["code"] == "session_expired"

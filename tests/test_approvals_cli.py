@@ -24,10 +24,9 @@ import pytest
 
 from gateway.approvals_cli import QUESTION
 from gateway.auth import hash_key
-from tests.clients import HeldStream, bearer, decide, decide_calls
+from tests.clients import HeldStream, bearer, decide, decide_calls, open_pending
 from tests.conftest import Replica, Stack, StackFactory
 from tests.processes import ROOT, RedisServer, free_port
-from tests.test_approvals_api import open_pending
 
 # name: (tenant, roles); the key is "key-<name>". Each watch test has a tenant of its own,
 # so that sessions other tests leave pending are not offered to it.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import orjson
@@ -14,6 +13,7 @@ from gateway.auth import hash_key
 from tests.clients import HeldStream, decide
 from tests.conftest import Replica, Stack, StackFactory
 from tests.processes import Process, free_port, python_module, wait_http
+from tests.redis_state import wait_lease_released
 
 KEYS_SETTING = orjson.dumps(
     [{"sha256": hash_key("key-root"), "name": "root", "tenant": "ops", "roles": ["admin"]}]
@@ -184,7 +184,7 @@ def test_reattaching_past_the_end_of_a_finished_run_gets_done_alone(gateway: Rep
     session_id = held.wait_pending()["id"]
     assert decide(gateway.url, session_id, "reject").status_code == 200
     held.wait()
-    time.sleep(0.3)  # the run gives its lease back once it ends
+    wait_lease_released(gateway.stack, session_id)  # given back once the run has ended
     headers = {"Last-Event-ID": str(2**63 - 1)}
     response = httpx.get(f"{gateway.url}/v1/approvals/{session_id}/stream", headers=headers)
     assert response.status_code == 200

@@ -11,6 +11,8 @@ import pytest
 
 from tests.clients import consume, decide, sdk, sse_data, stream_chat, user
 from tests.conftest import Replica, StackFactory
+from tests.mediation import wait_for
+from tests.redis_state import consumer_of, job_settled, jobs_of
 
 STRING_LENGTH_AB = "Please use getStringLength on 'ab'"
 
@@ -59,7 +61,13 @@ def test_approved_call_runs_in_the_worker_and_the_model_answers(gateway: Replica
     stored = httpx.get(f"{gateway.url}/v1/approvals/{notice['id']}").json()
     assert stored["status"] == "completed"
     assert stored["tool_calls"][0]["status"] == "succeeded"
-    assert stored["tool_calls"][0]["result"]["worker"]
+    # The worker process ran it: its result names the stack's one worker, which took the
+    # call's one job from the stream and acknowledged it.
+    [worker] = gateway.stack.workers
+    assert stored["tool_calls"][0]["result"]["worker"] == consumer_of(worker)
+    [(entry_id, job)] = jobs_of(gateway.stack, notice["id"])
+    assert job["tool_call_id"] == call["id"] and job["tool"] == "getStringLength"
+    assert wait_for(lambda: job_settled(gateway.stack, entry_id)), "the job was not acknowledged"
 
 
 def test_rejected_call_never_runs_and_the_model_hears_the_reason(gateway: Replica) -> None:

@@ -14,13 +14,12 @@ import httpx
 import pytest
 
 from core.keys import Keys
-from tests.clients import HeldStream, decide
+from tests.clients import HeldStream, decide, hold, reattach, text_of
 from tests.conftest import Stack, StackFactory
 from tests.redis_cluster import (
     RedisCluster,
     redis_cluster_fixture,  # noqa: F401 - the `redis_cluster` fixture
 )
-from tests.test_reattach import hold, reattach, text_of
 
 pytestmark = pytest.mark.cluster
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 import pytest
 
-from core.records import arguments_sha256
+from core.records import Decision, arguments_sha256
 from core.store import RunnableCall
 from tests.clients import HeldStream, decide_calls
 from tests.conftest import Replica, StackFactory
+from tests.redis_state import entry_ms, jobs_of, redis_now_ms
 
 FOUR_CALLS = (
     "use getStringLength on 'a' and getStringLength on 'bb' "
@@ -42,14 +42,15 @@ def test_mixed_per_call_decisions_in_two_posts_give_one_tool_message_per_call(
     )
     assert partial.status_code == 200, partial.text
     assert partial.json()["status"] == "pending"  # two calls still wait: nothing runs yet
-    time.sleep(0.5)
-    assert held.result is None
     assert [c["status"] for c in session_of(gateway, approval["id"])["tool_calls"]] == [
         "approved",
         "rejected",
         "pending",
         "pending",
     ]
+    # Nothing may run before the last call is decided: checked once the run has ended, on
+    # the job stream, whose entry ids are Redis's clock (below).
+    second_post_at = redis_now_ms(gateway.stack)
     rest = decide_calls(
         gateway.url,
         approval["id"],
@@ -78,6 +79,11 @@ def test_mixed_per_call_decisions_in_two_posts_give_one_tool_message_per_call(
         "responded",
     ]
     assert final["tool_calls"][2]["result"]["content"] == "7"
+    # The run has ended (the stream did): the two calls that ran were each queued once, and
+    # only after the second post; the partial decision queued nothing.
+    jobs = jobs_of(gateway.stack, approval["id"])
+    assert sorted(job["tool_call_id"] for _, job in jobs) == sorted([first, third])
+    assert all(entry_ms(entry_id) >= second_post_at for entry_id, _ in jobs)
 
 
 def test_a_repeated_per_call_decision_is_200_and_a_different_one_409(gateway: Replica) -> None:
@@ -154,11 +160,12 @@ def test_bad_decisions_are_refused_and_change_nothing(
     assert held.wait().text == "getStringLength returned 9."
 
 
-def test_the_worker_runs_only_what_was_approved() -> None:
-    """A stored call whose arguments no longer match the approved hash is refused, not run."""
+def test_a_runnable_call_binds_what_may_run_to_the_approved_hash() -> None:
+    """`RunnableCall.of`, what a worker checks before it runs a call: the arguments it would
+    run are the edited ones when edited, and stored arguments that changed after the
+    decision no longer match the approved hash. (No worker runs here: that a worker refuses
+    such a call is tests/test_worker_checks.py.)"""
     call = {"name": "getStringLength", "arguments": {"text": "abc"}, "arguments_sha256": "x"}
-    from core.records import Decision
-
     approved = Decision(decision="approve", arguments_sha256=arguments_sha256({"text": "ab"}))
     runnable = RunnableCall.of(call, approved)
     assert arguments_sha256(runnable.arguments) != runnable.approved_sha256

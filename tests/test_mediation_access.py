@@ -4,7 +4,6 @@ retried approve never forks a continuation, and one tenant cannot crowd out the 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from gateway.auth import hash_key
 from tests.clients import HeldStream, bearer, decide, decide_calls, sse_data
 from tests.conftest import Replica, StackFactory
 from tests.hostile import HostileUpstream, call, turn
-from tests.mediation import audit_events, policy_file, raw_chat
+from tests.mediation import audit_events, policy_file, raw_chat, wait_for
 from tests.tools import MEDIATION_POLICY, ledger_entries
 
 KEYS = {
@@ -164,7 +163,12 @@ def test_a_retried_first_version_approve_never_runs_the_continuation_twice(
         for out in (first, second)
     ]
     threads[0].start()
-    time.sleep(0.3)  # the retry comes while the first continuation is running the tool
+
+    def charging() -> bool:
+        return Path(charges).exists() and "start charge-1" in Path(charges).read_text()
+
+    # The retry comes while the first continuation is running the tool (1.5 s long).
+    assert wait_for(charging), "the first continuation did not start the tool"
     threads[1].start()
     for thread in threads:
         thread.join(30)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from core.keys import Keys
-from tests.clients import decide
+from tests.clients import decide, hold, reattach, text_of
 from tests.conftest import StackFactory
 from tests.receivers import (
     SECRET,
@@ -19,7 +19,6 @@ from tests.receivers import (
     receiver_fixture,  # noqa: F401 - the `receiver` fixture
 )
 from tests.redis_cluster import redis_cluster_fixture  # noqa: F401 - the `redis_cluster` fixture
-from tests.test_reattach import hold, reattach, text_of
 
 
 def _wait_for(what: str, check: Any, timeout: float = 30) -> Any:

@@ -4,57 +4,19 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import httpx
 import redis
 
-from tests.clients import decide, sse_data, user
+from tests.clients import decide, hold, read_events, reattach, text_of, user
 from tests.conftest import Replica, Stack, StackFactory
+from tests.mediation import wait_for
 from tests.processes import RedisServer
+from tests.redis_state import lease_expires_at, wait_lease_released
 
-
-def read_events(lines: Iterable[str], until_approval: bool = False) -> list[tuple[str, Any]]:
-    """(id, payload) of each `data:` event; stops after the pending approval notice if asked."""
-    events: list[tuple[str, Any]] = []
-    event_id = ""
-    for line in lines:
-        if line.startswith("id: "):
-            event_id = line[len("id: ") :]
-        elif line.startswith("data: "):
-            payload = sse_data([line])[0]
-            events.append((event_id, payload))
-            event_id = ""
-            if until_approval and isinstance(payload, dict) and "approval" in payload:
-                break
-    return events
-
-
-def hold(url: str, prompt: str) -> tuple[str, int]:
-    """Open a streamed chat, read to its approval notice, hang up: (session id, notice id)."""
-    body = {"model": "m", "stream": True, "messages": user(prompt)}
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=30) as r:
-        events = read_events(r.iter_lines(), until_approval=True)
-    notice_id, notice = events[-1]
-    return notice["approval"]["id"], int(notice_id)
-
-
-def reattach(url: str, session_id: str, last_event_id: int) -> list[tuple[str, Any]]:
-    headers = {"Last-Event-ID": str(last_event_id)}
-    with httpx.stream(
-        "GET", f"{url}/v1/approvals/{session_id}/stream", headers=headers, timeout=60
-    ) as response:
-        assert response.status_code == 200, response.read()
-        return read_events(response.iter_lines())
-
-
-def text_of(events: list[tuple[str, Any]]) -> str:
-    return "".join(
-        p["choices"][0]["delta"].get("content") or ""
-        for _id, p in events
-        if isinstance(p, dict) and p.get("choices")
-    )
+LEASE_S = 10.0
+"""A run's lease (the default); a run renews it every third of it."""
 
 
 def test_every_event_has_an_id_and_reattach_sends_exactly_the_missed_ones(
@@ -82,7 +44,7 @@ def test_every_event_has_an_id_and_reattach_sends_exactly_the_missed_ones(
     assert [int(i) for i, _ in later] == [i for i in ids if i > ids[2]]
     # After the end (an EventSource reconnects with the [DONE] id): [DONE] again and nothing
     # more, and the finished run is not taken over and run again.
-    time.sleep(0.3)  # its lease is given back once the run ends
+    wait_lease_released(replica.stack, session_id)  # given back once the run has ended
     assert reattach(replica.url, session_id, ids[-1]) == [("", "[DONE]")]
 
 
@@ -104,7 +66,7 @@ def test_reattach_on_another_replica_follows_the_live_run(make_stack: StackFacto
 
 
 def test_client_disconnect_while_pending_leaks_no_connection(make_stack: StackFactory) -> None:
-    stack = make_stack()
+    stack = make_stack(lease_s=str(LEASE_S))
     replica = stack.replicas[0]
     assert isinstance(stack.redis, RedisServer)
     client = stack.redis.client()
@@ -118,7 +80,14 @@ def test_client_disconnect_while_pending_leaks_no_connection(make_stack: StackFa
     assert httpx.get(f"{replica.url}/readyz").json()["held_streams"] == 0
     for session_id in sessions:
         assert httpx.get(f"{replica.url}/v1/approvals/{session_id}").json()["status"] == "pending"
-    time.sleep(3)  # every run has re-read its session and renewed its lease at least once
+    # Every run has renewed its lease since now (every LEASE_S / 3), and its session has
+    # been re-read (every 2 s) meanwhile: each lease's expiry moves past now + LEASE_S +
+    # 2.5 s only by a renewal 2.5 s or more from now.
+    now = time.time()
+    renewed = wait_for(
+        lambda: all(lease_expires_at(stack, s) > now + LEASE_S + 2.5 for s in sessions), 15
+    )
+    assert renewed, "a held run did not renew its lease"
     # Twenty sessions whose clients left cost no connection each: one pub/sub connection per
     # process, and a command pool sized by how many commands overlap, not by streams. (The
     # twenty runs' rereads and lease renewals can overlap a few at a time on a loaded

@@ -6,10 +6,8 @@ import time
 
 import httpx
 
-from tests.clients import decide, sse_data
+from tests.clients import decide, hold, open_pending, reattach, sse_data, text_of
 from tests.conftest import StackFactory
-from tests.test_approvals_api import open_pending
-from tests.test_reattach import hold, reattach, text_of
 
 
 def test_pending_session_survives_a_gateway_restart(make_stack: StackFactory) -> None:

@@ -79,7 +79,11 @@ async def test_decide_reports_not_found_conflict_and_expiry(store: SessionStore)
     assert {c.status for c in record.view.tool_calls} == {CallStatus.EXPIRED}
 
 
-async def test_a_queued_call_is_started_by_exactly_one_worker(store: SessionStore) -> None:
+async def test_start_call_lets_exactly_one_of_ten_concurrent_claimants_run_a_call(
+    store: SessionStore,
+) -> None:
+    """The store's rule that a worker relies on (`start_call`, one script): of ten claims of
+    one queued call at once, one gets `run`. No worker process runs here."""
     session_id = await new_session(store)
     await store.decide_all(session_id, "approve", "", "alice")
     await store.begin_run(session_id, "r1")

@@ -9,10 +9,9 @@ from typing import Any
 
 import httpx
 
-from tests.clients import decide, user
+from tests.clients import decide, hold, read_events, reattach, user
 from tests.conftest import StackFactory
 from tests.hostile import HostileUpstream, call, turn
-from tests.test_reattach import hold, read_events, reattach
 
 LONG = " ".join(f"w{n}" for n in range(1500))
 

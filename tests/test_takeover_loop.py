@@ -20,11 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.clients import decide, user
+from tests.clients import decide, read_events, reattach, user
 from tests.conftest import Replica, Stack, StackFactory
 from tests.hostile import HostileUpstream, call, turn
 from tests.redis_cluster import redis_cluster_fixture  # noqa: F401 - the `redis_cluster` fixture
-from tests.test_reattach import read_events, reattach
 
 TAKEOVERS = 20
 """Rounds whose kill landed before the run ended (a replica had to take it over)."""

@@ -14,7 +14,12 @@ from tests.clients import HeldStream, StreamResult
 from tests.conftest import Stack, StackFactory
 from tests.hostile import HostileUpstream, call, turn
 from tests.mediation import audit_events, policy_file, wait_for
+from tests.redis_state import consumer_of, job_settled
+from tests.scrape import scrape
 from tests.tools import MEDIATION_POLICY, ledger_entries
+
+EXECUTIONS = "approval_gateway_worker_tool_executions_total"
+"""The worker's count of jobs handled, by tool and outcome (worker/metrics.py)."""
 
 # The gateway's policy lets greet run unasked; these are what a worker may have instead.
 WORKER_DENIES = MEDIATION_POLICY.replace(
@@ -54,14 +59,21 @@ def greet_session(stack: Stack, hostile: HostileUpstream, ledger: Path) -> tuple
     return marker, chat_in_background(stack.replicas[0].url, marker)
 
 
-def refused_event(stack: Stack) -> dict[str, Any]:
-    """The run_refused audit entry of the stack's one job."""
-    redis, keys = stack.redis.client(), Keys(stack.prefix)
-    jobs: list[tuple[str, dict[str, str]]] = redis.xrange(keys.jobs)  # type: ignore[assignment]
-    [(_entry_id, job)] = jobs
+def assert_refused_by_the_worker(stack: Stack, reason: str) -> None:
+    """The stack's one worker took the stack's one job, refused it for `reason`, audited the
+    refusal under its own name, counted it, and acknowledged the job (its last step)."""
+    jobs: list[tuple[str, dict[str, str]]] = stack.redis.client().xrange(stack.keys.jobs)  # type: ignore[assignment]
+    [(entry_id, job)] = jobs
+    assert wait_for(lambda: job_settled(stack, entry_id)), "the worker did not settle the job"
+    [worker] = stack.workers
     entries = audit_events(stack.replicas[0].url, job["session_id"])
     [refused] = [e for e in entries if e["event"] == "run_refused"]
-    return refused
+    assert refused["actor"] == f"worker:{consumer_of(worker)}"
+    assert refused["detail"]["reason"] == reason
+    assert not [e for e in entries if e["event"] == "executed"]
+    samples = scrape(f"http://127.0.0.1:{stack.worker_ports[0]}")
+    refusals = (EXECUTIONS, frozenset({("tool", "greet"), ("outcome", "refused")}))
+    assert samples.get(refusals) == 1
 
 
 def test_a_worker_whose_policy_denies_the_tool_refuses_the_job(
@@ -72,11 +84,12 @@ def test_a_worker_whose_policy_denies_the_tool_refuses_the_job(
     _, (reader, results) = greet_session(stack, hostile_upstream, ledger)
     add_worker_with_policy(stack, tmp_path, WORKER_DENIES)
     reader.join(60)
+    assert not reader.is_alive(), "the chat did not end"
     [result] = results
     [error] = result.events_of("error")
     assert "refused by the worker: policy denies this call" in error["content"]
-    assert ledger_entries(ledger) == []
-    assert refused_event(stack)["detail"]["reason"] == "policy denies this call"
+    assert_refused_by_the_worker(stack, "policy denies this call")
+    assert ledger_entries(ledger) == []  # the job is settled: the tool never ran
 
 
 def test_a_worker_whose_policy_asks_refuses_a_call_only_policy_approved(
@@ -87,9 +100,11 @@ def test_a_worker_whose_policy_asks_refuses_a_call_only_policy_approved(
     _, (reader, results) = greet_session(stack, hostile_upstream, ledger)
     add_worker_with_policy(stack, tmp_path, WORKER_ASKS)
     reader.join(60)
+    assert not reader.is_alive(), "the chat did not end"
     [error] = results[0].events_of("error")
     assert "a person must decide this call" in error["content"]
-    assert ledger_entries(ledger) == []
+    assert_refused_by_the_worker(stack, "policy says a person must decide this call, and none did")
+    assert ledger_entries(ledger) == []  # the job is settled: the tool never ran
 
 
 def test_arguments_changed_in_redis_after_the_decision_never_run(
@@ -106,6 +121,8 @@ def test_arguments_changed_in_redis_after_the_decision_never_run(
     redis.hset(session_key, "calls", orjson.dumps(calls).decode())
     add_worker_with_policy(stack, tmp_path, MEDIATION_POLICY)
     reader.join(60)
+    assert not reader.is_alive(), "the chat did not end"
     [error] = results[0].events_of("error")
     assert "not the ones that were approved" in error["content"]
-    assert ledger_entries(ledger) == []
+    assert_refused_by_the_worker(stack, "the arguments are not the ones that were approved")
+    assert ledger_entries(ledger) == []  # the job is settled: the tool never ran
