@@ -37,7 +37,7 @@ RESULTS = ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MODEL = "offline-model"
-HOLDING = {
+HOLDING: dict[str, Any] = {
     "tool_policy": '{"getStringLength": "ask"}',
     "approval_timeout_s": 3600,
     "max_held_streams": 50_000,
@@ -172,9 +172,10 @@ class Topology:
         self.env["GATEWAY_UPSTREAM_BASE_URL"] = f"http://127.0.0.1:{port}/v1"
         return f"http://127.0.0.1:{port}/v1"
 
-    def start_gateway(self, **settings: Any) -> tuple[str, Process]:
-        """One replica with the topology's env plus `settings` (GATEWAY_<NAME>)."""
-        port = free_port()
+    def start_gateway(self, port: int = 0, **settings: Any) -> tuple[str, Process]:
+        """One replica with the topology's env plus `settings` (GATEWAY_<NAME>), on `port`
+        (a free one unless given: a replica restarted where nginx expects it)."""
+        port = port or free_port()
         env = {**self.env, **{f"GATEWAY_{k.upper()}": str(v) for k, v in settings.items()}}
         process = self._start(f"gateway-{port}", python_module("gateway", "--port", str(port)), env)
         wait_http(f"http://127.0.0.1:{port}/readyz", process)

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from typing import Any
 
 import httpx
 import orjson
+import redis
 
 from bench.common import (
     HOLDING,
@@ -47,6 +50,8 @@ from bench.common import (
     table,
 )
 from bench.held import PROMPT, decide_all
+from core.keys import Keys
+from core.settings import Settings
 from deploy.cluster import raise_nofile_limit
 from tests.processes import Process
 
@@ -56,6 +61,11 @@ REQUEST = (
     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
 )
 HEARTBEAT = b": heartbeat"
+ANSWER = "getStringLength returned 2."
+"""What the model says once the approved call ran (the offline model, for `PROMPT`)."""
+CUT = (OSError, asyncio.IncompleteReadError)
+"""What a replica killed under a stream looks like to its client behind nginx."""
+MAX_REATTACHES = 20
 PAGE = 1000
 """The most pending sessions `GET /v1/approvals` lists in one call."""
 MIB = 1 << 20
@@ -180,13 +190,37 @@ class HeldStream:
     error: str = ""
     error_at: float = 0.0
     writer: asyncio.StreamWriter | None = None
+    last_id: int = 0
+    """The last event id received (what a re-attach sends as `Last-Event-ID`)."""
+    tool_events: list[str] = field(default_factory=list)
+    answer: str = ""
+    """The model's text since the last `resumed` (a takeover starts the turn again)."""
+    takeovers: int = 0
+    """`resumed` events: another replica took the run over."""
+    reattaches: int = 0
+    transcript: list[bytes] | None = None
+    """Every line but heartbeats, and each cut and re-attach (kept under `--kills`, to
+    show what a stream that did not end whole saw)."""
+
+    def note(self, line: bytes) -> None:
+        if self.transcript is not None:
+            self.transcript.append(line)
 
     def on_line(self, line: bytes, at: float) -> None:
+        if line != HEARTBEAT:
+            self.note(line)
         if line == HEARTBEAT:
             self.beats.append(at)
-        elif not line.startswith(b"data: "):
-            return
-        elif line == b"data: [DONE]":
+        elif line.startswith(b"id: "):
+            seq = int(line[4:])
+            if seq <= self.last_id:  # an id that does not increase names two events
+                self.fail(f"event id {seq} after {self.last_id}", at)
+            self.last_id = seq
+        elif line.startswith(b"data: "):
+            self._on_data(line, at)
+
+    def _on_data(self, line: bytes, at: float) -> None:
+        if line == b"data: [DONE]":
             self.done_at = at
         elif line.startswith(b'data: {"error"'):
             self.fail(orjson.loads(line[6:])["error"]["message"], at)
@@ -197,6 +231,23 @@ class HeldStream:
                 self.fail(f"approval is {approval['status']}", at)
         elif b'"tool_event":{' in line:
             self.resumed = True
+            self.tool_events.append(orjson.loads(line[6:])["tool_event"]["type"])
+        elif b'"resumed":{' in line:
+            self.takeovers += 1
+            self.answer = ""
+        elif self.resumed and b'"content":' in line:  # the answer (the notice said before)
+            for choice in orjson.loads(line[6:])["choices"]:
+                self.answer += choice["delta"].get("content") or ""
+
+    def whole(self) -> str:
+        """What is wrong with what this stream saw, once it ended ("" when nothing)."""
+        if self.error or not self.done_at:
+            return self.error or "no [DONE]"
+        if self.tool_events != ["executing", "result"]:
+            return f"tool events {self.tool_events}"
+        if self.answer != ANSWER:
+            return f"answer {self.answer!r}"
+        return ""
 
     def fail(self, error: str, at: float) -> None:
         if not self.error:
@@ -207,13 +258,32 @@ class HeldStream:
             self.writer.close()
 
 
-async def read_held(url: str, stream: HeldStream, held: asyncio.Event) -> None:
-    """POST one streamed chat and read it to its end; `held` is set at its notice (or end)."""
+async def read_held(url: str, stream: HeldStream, held: asyncio.Event, faults: bool) -> None:
+    """POST one streamed chat and read it to its end; `held` is set at its notice (or end).
+    With `faults`, a stream cut after its notice (its replica was killed) re-attaches
+    through nginx with its last event id, as a client would, until it ends."""
+    request = REQUEST.replace(b"HOST", httpx.URL(url).host.encode())
+    if faults:
+        stream.transcript = []
     try:
-        await _read(url, stream, held)
-        if not stream.done_at:
-            stream.fail("ended without [DONE]", time.perf_counter())
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
+        while True:
+            try:
+                refused = await _read(url, stream, held, request)
+            except CUT as error:
+                if not (faults and stream.session):
+                    raise
+                refused = f"{type(error).__name__}: {error}"
+                stream.note(f"-- cut: {refused}".encode())
+            if stream.done_at or stream.error:
+                break
+            if not (faults and stream.session) or stream.reattaches == MAX_REATTACHES:
+                stream.fail(refused or "ended without [DONE]", time.perf_counter())
+                break
+            stream.reattaches += 1
+            await asyncio.sleep(0.2 * stream.reattaches)
+            request = reattach_request(url, stream)
+            stream.note(f"-- re-attach after {stream.last_id} ({refused or 'ended'})".encode())
+    except (*CUT, asyncio.LimitOverrunError, ValueError) as error:
         stream.fail(f"{type(error).__name__}: {error}", time.perf_counter())
     finally:
         held.set()
@@ -221,14 +291,22 @@ async def read_held(url: str, stream: HeldStream, held: asyncio.Event) -> None:
             stream.close()
 
 
-async def _read(url: str, stream: HeldStream, held: asyncio.Event) -> None:
+def reattach_request(url: str, stream: HeldStream) -> bytes:
+    return (
+        f"GET /v1/approvals/{stream.session}/stream HTTP/1.1\r\nHost: {httpx.URL(url).host}\r\n"
+        f"Accept: text/event-stream\r\nLast-Event-ID: {stream.last_id}\r\n\r\n"
+    ).encode()
+
+
+async def _read(url: str, stream: HeldStream, held: asyncio.Event, request: bytes) -> str:
+    """Send `request` and read its stream to its end; what refused it ("" when nothing)."""
     target = httpx.URL(url)
+    stream.close()
     reader, stream.writer = await asyncio.open_connection(target.host, target.port)
-    stream.writer.write(REQUEST.replace(b"HOST", target.host.encode()))
+    stream.writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200") or b"chunked" not in head.lower():
-        stream.fail(head.split(b"\r\n", 1)[0].decode(), time.perf_counter())
-        return
+        return head.split(b"\r\n", 1)[0].decode()
     partial = b""
     while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
         *lines, partial = (partial + (await reader.readexactly(size + 2))[:-2]).split(b"\n")
@@ -237,6 +315,7 @@ async def _read(url: str, stream: HeldStream, held: asyncio.Event) -> None:
             stream.on_line(line, at)
         if stream.held_at or stream.error:
             held.set()
+    return ""
 
 
 @dataclass
@@ -267,7 +346,8 @@ async def open_streams(url: str, args: argparse.Namespace) -> Opened:
     async def open_one(stream: HeldStream) -> None:
         async with in_flight:
             held = asyncio.Event()
-            opened.readers.append(asyncio.create_task(read_held(url, stream, held)))
+            reader = read_held(url, stream, held, faults=args.kills > 0)
+            opened.readers.append(asyncio.create_task(reader))
             await held.wait()
 
     started = time.perf_counter()
@@ -299,11 +379,10 @@ async def decide_pages(url: str, args: argparse.Namespace) -> Decisions:
     decisions = Decisions()
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        for _ in range(args.streams // PAGE + 5):
+        for _ in range(args.streams // PAGE + 5 + args.kills):
             listing = time.perf_counter()
-            answer = await client.get("/v1/approvals", params={"limit": PAGE})
+            answer = await _list(client, retries=3 if args.kills else 0)
             decisions.list_s += time.perf_counter() - listing
-            answer.raise_for_status()
             sessions = [session["id"] for session in answer.json()["data"]]
             decisions.listed.append(len(sessions))
             if not sessions:
@@ -316,6 +395,59 @@ async def decide_pages(url: str, args: argparse.Namespace) -> Decisions:
     return decisions
 
 
+async def _list(client: httpx.AsyncClient, retries: int) -> httpx.Response:
+    """One page of pending approvals (again, while a killed replica makes nginx fail it)."""
+    for attempt in range(retries + 1):
+        try:
+            answer = await client.get("/v1/approvals", params={"limit": PAGE})
+            answer.raise_for_status()
+            return answer
+        except httpx.HTTPError:
+            if attempt == retries:
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("unreachable")
+
+
+async def kill_replicas(
+    topology: Topology, cluster: Cluster, args: argparse.Namespace, stop: asyncio.Event
+) -> list[dict[str, Any]]:
+    """`--kills` times, about every `--kill-every` s (at random within half of it either
+    way) from the hold on: `kill -9` a random replica, then start a new one on its port, as
+    an orchestrator would. Stops early when `stop` is set."""
+    rng = random.Random(args.seed)
+    kills: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    for _ in range(args.kills):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), args.kill_every * rng.uniform(0.5, 1.5))
+        if stop.is_set():
+            break
+        index = rng.randrange(len(cluster.replicas))
+        url, process = cluster.replicas[index]
+        at = time.perf_counter() - started
+        await asyncio.to_thread(process.kill)
+        back = time.perf_counter()
+        cluster.replicas[index] = await asyncio.to_thread(
+            topology.start_gateway, port_of(url), **HOLDING
+        )
+        kills.append({"replica": index + 1, "at_s": at, "back_s": time.perf_counter() - back})
+        print(f"  killed replica {index + 1} at {at:.1f} s; back in {kills[-1]['back_s']:.1f} s")
+    return kills
+
+
+def add_run_logs(redis_url: str, examples: list[dict[str, Any]]) -> None:
+    """What Redis holds of each example's run: its log and its meta hash."""
+    keys = Keys.of(Settings.model_fields["key_prefix"].default, cluster=False)
+    client: Any = redis.Redis.from_url(redis_url, decode_responses=True)
+    for example in examples:
+        log_id = example["session"]
+        entries: Any = client.xrange(keys.run_log(log_id))
+        example["log"] = [f"{entry_id} {fields['e'][:160]}" for entry_id, fields in entries]
+        example["meta"] = client.hgetall(keys.run_meta(log_id))
+    client.close()
+
+
 async def drain(opened: Opened, since: float, within_s: float) -> dict[str, Any]:
     """Wait for every stream to end; how many ended with [DONE], and when the last did."""
     _, unfinished = await asyncio.wait(opened.readers, timeout=within_s)
@@ -325,8 +457,22 @@ async def drain(opened: Opened, since: float, within_s: float) -> dict[str, Any]
     last = max((s.done_at for s in done), default=since)
     for stream in opened.streams:
         stream.close()
+    wrong: dict[str, int] = {}
+    examples: list[dict[str, Any]] = []
+    for stream in opened.streams:
+        if problem := stream.whole():
+            wrong[problem] = wrong.get(problem, 0) + 1
+            if len(examples) < 5:
+                seen = [line.decode(errors="replace")[:240] for line in stream.transcript or []]
+                examples.append({"problem": problem, "session": stream.session, "saw": seen})
     return {
         "done": len(done),
+        "whole": len(opened.streams) - sum(wrong.values()),
+        "not_whole": dict(sorted(wrong.items(), key=lambda item: -item[1])[:10]),
+        "not_whole_examples": examples,
+        "reattaches": sum(s.reattaches for s in opened.streams),
+        "takeovers_seen": sum(s.takeovers for s in opened.streams),
+        "streams_reattached": sum(1 for s in opened.streams if s.reattaches),
         "resumed": sum(1 for s in opened.streams if s.resumed),
         "unfinished": len(unfinished),
         "drain_s": last - since,
@@ -375,6 +521,8 @@ async def run(topology: Topology, args: argparse.Namespace) -> dict[str, Any]:
     print_processes("processes before any stream", before)
     print(f"- opening {args.streams} streams through nginx", flush=True)
     opened = await open_streams(cluster.url, args)
+    stop_killing = asyncio.Event()  # kills land on held streams, decisions and answers
+    killing = asyncio.create_task(kill_replicas(topology, cluster, args, stop_killing))
     held = await hold(cluster, opened, args)
     print("- listing and deciding every pending approval through nginx", flush=True)
     first_decision = time.perf_counter()
@@ -386,6 +534,10 @@ async def run(topology: Topology, args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
     drained = await drain(opened, first_decision, args.drain_timeout)
+    stop_killing.set()
+    kills = await killing
+    if topology.redis is not None:
+        add_run_logs(topology.redis.url, drained["not_whole_examples"])
     drained["after_last_decision_s"] = first_decision + drained["drain_s"] - decisions.last_answered
     print(
         f"  {drained['done']} of {args.streams} ended with [DONE], the last"
@@ -409,6 +561,7 @@ async def run(topology: Topology, args: argparse.Namespace) -> dict[str, Any]:
         "decide_s": decisions.decide_s,
         "list_s": decisions.list_s,
         **drained,
+        "kills": kills,
         "after": after,
     }
 
@@ -429,10 +582,20 @@ def summary(result: dict[str, Any]) -> bool:
         ["first decision -> last [DONE] s", result["drain_s"]],
         ["last decision -> last [DONE] s", result["after_last_decision_s"]],
         ["resumed (tool_event), ended [DONE]", f"{result['resumed']}, {result['done']}"],
+        ["whole: executing, result, the answer", result["whole"]],
+        ["replicas killed (kill -9) and restarted", len(result["kills"])],
+        [
+            "streams re-attached, re-attaches",
+            f"{result['streams_reattached']}, {result['reattaches']}",
+        ],
+        ["takeovers seen (resumed)", result["takeovers_seen"]],
         ["errors", result["errors"] or "none"],
+        ["not whole", result["not_whole"] or "none"],
     ]
     table(f"{streams} held streams through nginx", ["measure", "value"], rows)
-    return bool(result["held"] == result["pending_listed"] == result["done"] == streams)
+    every = result["held"] == result["done"] == result["whole"] == streams
+    # Under kills, a decision nginx could not deliver leaves its session listed again.
+    return bool(every and result["pending_listed"] >= streams)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -461,4 +624,9 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--worker-concurrency", type=int, default=32)
     parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--kills", type=int, default=0, help="replicas to kill -9 (and restart) while deciding"
+    )
+    parser.add_argument("--kill-every", type=float, default=6.0, help="s between kills, about")
+    parser.add_argument("--seed", type=int, default=0, help="of the kills' times and targets")
     main_guard(main(parser.parse_args()))

@@ -58,6 +58,7 @@ async def _replay_and_follow(
     settings = replica.settings
     async with replica.hub.watch(log_id) as waiter:
         beat = sse.HeartbeatTimer(settings.heartbeat_interval_s)
+        ended = False
         while True:
             run = runs.runs.get(log_id)
             # The local run has the events from its first on in memory.
@@ -71,15 +72,17 @@ async def _replay_and_follow(
                 async for items in run.listen(cursor):
                     yield chunks.items(items)
                 return
+            if ended:  # and the replay since found no more: the client has every event
+                yield sse.DONE
+                return
             if runs.draining:
                 yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", cursor))
                 return
             if not await runs.runlog.is_leased(log_id):
-                if (await runs.runlog.meta(log_id)).get("done"):
-                    # The run ended and the client has every event up to its end.
-                    yield sse.DONE
-                    return
-                if await runs.take_over(log_id):
+                # A run that ended may have ended since the replay above (another replica
+                # logged its last events and let its lease go): replay once more first.
+                ended = bool((await runs.runlog.meta(log_id)).get("done"))
+                if ended or await runs.take_over(log_id):
                     continue
             await waiter.wait(min(settings.reread_interval_s, beat.remaining()))
             if beat.due():
