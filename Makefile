@@ -5,7 +5,7 @@ STAMP   := $(VENV)/.installed
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTHON  ?= python3
 
-.PHONY: install system-deps browser-deps js-deps run cluster test test-cluster lint pytest compose-config format clean bench \
+.PHONY: install load-faults system-deps browser-deps js-deps run cluster test test-cluster lint pytest compose-config format clean bench \
         compat compat-deps load config-docs
 
 install: system-deps $(STAMP)
@@ -79,6 +79,10 @@ bench: install
 ## load: 10,000 held streams through nginx, 3 replicas, workers, Redis (docs/deployment.md)
 load: install
 	$(PY) -m bench.held_nginx
+
+## load-faults: the same 10,000 streams while replicas are killed (kill -9) and restarted, 10 times
+load-faults: install
+	$(PY) -m bench.held_nginx --kills 10 --kill-every 6
 
 # llama.cpp's server and the SmolLM2 GGUF live in their own virtualenv. llama-cpp-python
 # compiles llama.cpp (about 9 minutes on two cores); GGML_NATIVE=OFF keeps the build portable.

@@ -154,7 +154,10 @@ class Topology:
             process.stop()
         if self.redis is not None:
             self.redis.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if kind is None or not os.environ.get("BENCH_KEEP_FAILED"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        else:
+            print(f"kept {self.workdir} (BENCH_KEEP_FAILED)", flush=True)
 
     def start_redis(self) -> RedisServer:
         self.redis = RedisServer(self.workdir)

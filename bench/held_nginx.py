@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,8 @@ class HeldStream:
     takeovers: int = 0
     """`resumed` events: another replica took the run over."""
     reattaches: int = 0
+    sent_elsewhere: bool = False
+    """The stream said where to re-attach (a `reattach` chunk): its `[DONE]` is no end."""
     transcript: list[bytes] | None = None
     """Every line but heartbeats, and each cut and re-attach (kept under `--kills`, to
     show what a stream that did not end whole saw)."""
@@ -221,7 +224,12 @@ class HeldStream:
 
     def _on_data(self, line: bytes, at: float) -> None:
         if line == b"data: [DONE]":
-            self.done_at = at
+            if self.sent_elsewhere:  # not the end: the run goes on, re-attach for it
+                self.sent_elsewhere = False
+            else:
+                self.done_at = at
+        elif b'"reattach":{' in line:
+            self.sent_elsewhere = True
         elif line.startswith(b'data: {"error"'):
             self.fail(orjson.loads(line[6:])["error"]["message"], at)
         elif not self.held_at and b'"approval":{' in line:
@@ -428,9 +436,16 @@ async def kill_replicas(
         at = time.perf_counter() - started
         await asyncio.to_thread(process.kill)
         back = time.perf_counter()
-        cluster.replicas[index] = await asyncio.to_thread(
-            topology.start_gateway, port_of(url), **HOLDING
-        )
+        try:
+            cluster.replicas[index] = await asyncio.to_thread(
+                topology.start_gateway, port_of(url), **HOLDING
+            )
+        except RuntimeError:
+            failed = topology.processes[-1]
+            code = failed.popen.returncode if failed.popen is not None else None
+            shutil.copy(failed.log_path, f"/tmp/replica-restart-failed-{port_of(url)}.log")
+            print(f"  restart of replica {index + 1} failed (exit {code}); its log is kept")
+            raise
         kills.append({"replica": index + 1, "at_s": at, "back_s": time.perf_counter() - back})
         print(f"  killed replica {index + 1} at {at:.1f} s; back in {kills[-1]['back_s']:.1f} s")
     return kills

@@ -259,6 +259,10 @@ class Settings(BaseSettings):
     port: int = 8000
     """Port `gateway` listens on (`--port` overrides)."""
     shutdown_grace_s: int = Field(default=5, ge=0, description="bound on a replica's shutdown")
+    listen_backlog: int = Field(default=8192, ge=1)
+    """Connections the kernel queues for `gateway` before it accepts them (capped by
+    `net.core.somaxconn`): after a replica dies, its clients re-attach to the others at
+    once, and a queue that overflows resets their connections."""
     allow_open_bind: bool = False
     """Let a gateway without `api_keys` (open mode) listen on a non-loopback address."""
     cors_origins: list[str] = Field(default_factory=list)

@@ -10,11 +10,12 @@ once when the client already has every event.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import structlog
 from starlette.responses import Response
 
-from core.errors import GatewayError
+from core.errors import GatewayError, RedisUnavailable
 from core.runlog import RunLog
 from gateway import sse
 from gateway.chunks import ChunkMeta, ChunkWriter
@@ -41,20 +42,28 @@ async def _follow(
     replica: Replica, runs: RunRegistry, log_id: str, after: int, meta: ChunkMeta
 ) -> AsyncIterator[bytes]:
     """The run's events after `after`, ending with `[DONE]` however the stream ends."""
-    parts = _replay_and_follow(replica, runs, log_id, after, ChunkWriter(meta))
-    async for part in sse.failures_as(parts, _failed, "reattach_failed", run=log_id):
+    chunks, sent = ChunkWriter(meta), _Sent(after)
+
+    def failed(error: GatewayError) -> bytes:
+        if error.code == RedisUnavailable.code:  # the run is not over: come back for it
+            return chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", sent.last))
+        # No `id:`: the client's last event id stays that of the last event it really got.
+        return sse.data(StreamFailed.of(error).body()) + sse.DONE
+
+    parts = _replay_and_follow(replica, runs, log_id, sent, chunks)
+    async for part in sse.failures_as(parts, failed, "reattach_failed", run=log_id):
         yield part
 
 
-def _failed(error: GatewayError) -> bytes:
-    # No `id:`: the client's last event id stays that of the last event it really got.
-    return sse.data(StreamFailed.of(error).body()) + sse.DONE
+@dataclass(slots=True)
+class _Sent:
+    last: int
+    """The id of the last event sent to the client."""
 
 
 async def _replay_and_follow(
-    replica: Replica, runs: RunRegistry, log_id: str, after: int, chunks: ChunkWriter
+    replica: Replica, runs: RunRegistry, log_id: str, sent: _Sent, chunks: ChunkWriter
 ) -> AsyncIterator[bytes]:
-    cursor = after
     settings = replica.settings
     async with replica.hub.watch(log_id) as waiter:
         beat = sse.HeartbeatTimer(settings.heartbeat_interval_s)
@@ -63,20 +72,20 @@ async def _replay_and_follow(
             run = runs.runs.get(log_id)
             # The local run has the events from its first on in memory.
             before = run.first_seq if run is not None else None
-            async for seq, event in _logged(runs.runlog, log_id, cursor, before):
-                cursor = seq
+            async for seq, event in _logged(runs.runlog, log_id, sent.last, before):
+                sent.last = seq
                 yield chunks.render(seq, event)
                 if isinstance(event, Ended):
                     return
             if run is not None:
-                async for items in run.listen(cursor):
+                async for items in run.listen(sent.last):
                     yield chunks.items(items)
                 return
             if ended:  # and the replay since found no more: the client has every event
                 yield sse.DONE
                 return
             if runs.draining:
-                yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", cursor))
+                yield chunks.reattach(Reattach(f"/v1/approvals/{log_id}/stream", sent.last))
                 return
             if not await runs.runlog.is_leased(log_id):
                 # A run that ended may have ended since the replay above (another replica

@@ -70,6 +70,7 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=settings.shutdown_grace_s,
+        backlog=settings.listen_backlog,
     )
     DrainingServer(config, app).run()
 

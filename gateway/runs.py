@@ -20,7 +20,7 @@ import structlog
 
 from core.audit import AuditEntry
 from core.connect import REDIS_ERRORS, stop_if_cancelled
-from core.errors import GatewayError
+from core.errors import GatewayError, RedisUnavailable
 from core.inbox import Inbox
 from core.records import SessionStatus
 from core.runlog import Lease, RunLog
@@ -161,6 +161,13 @@ class Run:
     async def _drive(self, source: AsyncIterator[Event]) -> None:
         logging = failures_as(self._log(source), StreamFailed.of, "run_failed", run=self.log_id)
         async for failed in logging:  # only a failure comes out
+            if failed.code == RedisUnavailable.code:
+                # Redis failed, not the run: it goes on elsewhere or later (a re-attach, or
+                # the sweeper once its lease lapses) from what its log holds; its
+                # listeners are told where to re-attach.
+                log.warning("run_handed_over", run=self.log_id, error=failed.message)
+                asyncio.get_running_loop().create_task(self.stop(hand_over=True))
+                return
             self._publish(failed)
             await self._record_failure(failed)
         self._meta_fields["done"] = "1"  # flushed with Ended: a finished run is never resumed
