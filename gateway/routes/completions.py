@@ -187,7 +187,10 @@ async def _stream(
     if chunks.held:
         return
     if retry is not None:
-        await retry.ended()
+        try:
+            await retry.ended()
+        except sse.STREAM_ERRORS as failure:  # its retries wait out the bound instead
+            log.warning("retry_end_not_recorded", error=str(failure))
     yield chunks.render(chunks.seq + 1, Ended())
 
 
