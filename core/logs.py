@@ -18,8 +18,10 @@ from typing import IO, Any, Literal
 
 import orjson
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from core.asgi import response_status
 
 LogFormat = Literal["json", "console"]
 ProcessName = Literal["gateway", "worker", "offline_model"]
@@ -165,8 +167,9 @@ def _json(event: EventDict, **_: Any) -> str:
 
 
 class AccessLog:
-    """Pure ASGI middleware: one `http_request` line per request, when its response ends
-    (a stream when it closes); probes and scrapes (`PROBE_PATHS`) at debug level."""
+    """Pure ASGI middleware (inside `core.asgi.ResponseStart`): one `http_request` line per
+    request, when its response ends (a stream when it closes); probes and scrapes
+    (`PROBE_PATHS`) at debug level."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -176,16 +179,8 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, send)
         finally:
             path = scope["path"]
             log.log(
@@ -194,6 +189,7 @@ class AccessLog:
                 method=scope["method"],
                 route=getattr(scope.get("route"), "path", "unmatched"),
                 path=path,
-                status=status or 500,  # none started: the exception goes on to the server
+                # None started: the exception goes on to the server.
+                status=response_status(scope) or 500,
                 duration_ms=round((time.perf_counter() - started) * 1000, 3),
             )

@@ -19,9 +19,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core import tracing
+from core.asgi import ResponseStart, response_status
 from core.audit import AuditLog
 from core.connect import UNAVAILABLE_ERRORS, connect
 from core.errors import (
@@ -47,7 +48,7 @@ from core.wakeups import StatusPoller, WakeupHub
 from gateway import openapi
 from gateway.auth import Authenticator
 from gateway.hosts import HostGuard
-from gateway.metrics import HttpMetrics, Metrics
+from gateway.metrics import Metrics
 from gateway.replica import Replica
 from gateway.request_ids import RequestIds
 from gateway.routes import LEGACY_PATHS, OPERATIONS, routes
@@ -198,7 +199,7 @@ def create_app(settings: Settings, runner_id: str = "") -> Starlette:
     guard = Middleware(HostGuard, allowed=settings.allowed_hosts, respond=error_response)
     # Outermost: every response is counted, the ones the other layers answer too.
     middleware = [
-        Middleware(HttpMetrics, metrics=metrics),
+        Middleware(ResponseStart, on_start=metrics.responded),
         Middleware(RequestIds),
         Middleware(AccessLog),
         Middleware(UnexpectedErrors),
@@ -236,17 +237,10 @@ class UnexpectedErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_noting_start(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_noting_start)
+            await self.app(scope, receive, send)
         except Exception:
-            if started:
+            if response_status(scope):  # started: it can only be cut short
                 raise
             log.exception("unexpected_error", method=scope["method"], path=scope["path"])
             unexpected = GatewayError("the gateway failed unexpectedly; the error is logged")

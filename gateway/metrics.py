@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from core.connect import REDIS_ERRORS
 from core.errors import UpstreamError
@@ -229,23 +229,3 @@ class _DeliveryCounts(Collector):
         for outcome, count in self.outcomes().items():
             family.add_metric([outcome], count)
         yield family
-
-
-class HttpMetrics:
-    """Pure ASGI middleware: counts each response as it starts (a stream at its start)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_counting_start(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.metrics.responded(scope, message["status"])
-            await send(message)
-
-        await self.app(scope, receive, send_counting_start)

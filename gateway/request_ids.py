@@ -11,7 +11,9 @@ import re
 import secrets
 
 import structlog
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.asgi import add_response_header
 
 HEADER = b"x-request-id"
 _USABLE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -23,8 +25,8 @@ def request_id_of(scope: Scope) -> str:
 
 
 class RequestIds:
-    """Pure ASGI middleware: picks the request's id and puts it on the response and on the
-    request's log lines (`request_id`)."""
+    """Pure ASGI middleware (inside `core.asgi.ResponseStart`): picks the request's id and
+    puts it on the response and on the request's log lines (`request_id`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -36,15 +38,10 @@ class RequestIds:
         sent = next((value for name, value in scope["headers"] if name == HEADER), b"")
         request_id = sent if _USABLE.fullmatch(sent) else f"req_{secrets.token_hex(12)}".encode()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (HEADER, request_id)]
-            await send(message)
-
+        add_response_header(scope, HEADER, request_id)
         # On every log line of the request, and of the tasks it starts (they copy the context).
         structlog.contextvars.bind_contextvars(request_id=request_id.decode())
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send)
         finally:  # with what the request bound later (tenant, session_id)
             structlog.contextvars.clear_contextvars()

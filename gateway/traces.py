@@ -22,9 +22,10 @@ from contextlib import contextmanager
 from opentelemetry import propagate, trace
 from opentelemetry.semconv._incubating.attributes import gen_ai_attributes as gen_ai
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core import tracing
+from core.asgi import response_status
 from core.records import SessionRecord
 from gateway.request_ids import request_id_of
 from gateway.requests import DecisionRequest
@@ -58,18 +59,13 @@ class TracedRequests:
             span.set_attribute("http.request.method", method)
             span.set_attribute("url.path", scope["path"])
             span.set_attribute("gateway.request_id", request_id_of(scope))
-
-            async def send_noting_status(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if status := response_status(scope):
                     span.set_attribute("http.response.status_code", status)
                     if status >= 500:
                         span.set_status(Status(StatusCode.ERROR))
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_noting_status)
-            finally:
                 route = getattr(scope.get("route"), "path", None)
                 if route is not None:
                     span.set_attribute("http.route", route)

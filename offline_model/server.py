@@ -21,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from core import logs
+from core.asgi import ResponseStart
 from core.settings import OfflineModelSettings, Settings
 from offline_model.script import (
     Reply,
@@ -258,7 +259,7 @@ def create_app(settings: OfflineModelSettings) -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(logs.AccessLog)],
+        middleware=[Middleware(ResponseStart), Middleware(logs.AccessLog)],
         exception_handlers={HTTPException: http_error},
     )
 

@@ -19,7 +19,6 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core import tracing
 from core.errors import (
     BodyTooLarge,
     DecisionConflict,
@@ -39,7 +38,6 @@ from core.errors import (
 from core.records import ApprovalSession, SessionStatus
 from gateway import sse
 from gateway.auth import Principal
-from gateway.chat_context import ChatContext
 from gateway.chunks import ChunkMeta, ChunkWriter
 from gateway.conversation import converse
 from gateway.events import (
@@ -58,8 +56,8 @@ from gateway.idempotent import Retry
 from gateway.openapi import Operation, Param, Reply
 from gateway.opening import client_checkers
 from gateway.replica import Replica
-from gateway.request_ids import request_id_of
 from gateway.requests import ChatCompletionRequest, read_json, validate
+from gateway.routes.chats import CONVERSATION_HEADER, chat_context, conversation_of
 from gateway.routes.guard import replica_of, runs_of, slots_of
 from gateway.routes.reattach import CHUNKS
 from gateway.runs import RunRegistry
@@ -68,9 +66,6 @@ log = structlog.stdlib.get_logger(__name__)
 
 NOTICE_HEADER = "x-approval-notice"
 """`content`: also say the approval notice as a content delta; `chunk`: only the extra field."""
-
-CONVERSATION_HEADER = "X-Conversation-Id"
-"""Response header with the conversation id grants are scoped to; send it back to keep them."""
 
 
 class Completion(ChatCompletion):
@@ -86,27 +81,22 @@ async def chat_completions(request: Request, caller: Principal) -> Response:
     raw = await read_json(request, replica.settings.max_body_bytes)
     body = validate(ChatCompletionRequest, raw)
     _check_limits(replica, body)
-    conversation, label = replica.conversation_ids.resolve(
-        request.headers.get("x-conversation-id", ""), caller.tenant, caller.name
-    )
+    conversation = conversation_of(request, caller)
     retry = Retry.of(replica, caller, request, raw)
-    if retry is not None and (prior := await retry.claim(conversation)) is not None:
+    if retry is not None and (prior := await retry.claim(conversation[0])) is not None:
         repeated = await retry.repeat(runs, slots_of(request), prior, body.stream)
-        repeated.headers[CONVERSATION_HEADER] = prior.conversation or conversation
+        repeated.headers[CONVERSATION_HEADER] = prior.conversation or conversation[0]
         return repeated
-    ctx = ChatContext(
-        model=body.model or replica.settings.upstream_model,
+    ctx = chat_context(
+        request,
+        caller,
+        conversation,
+        model=body.model,
         protocol="openai",
         hold=True,
         params=body.upstream_params(replica.settings.upstream_fields),
         client_tools=[tool.model_dump(exclude_none=True) for tool in body.tools],
         logged=body.stream,
-        tenant=caller.tenant,
-        requester=caller.name,
-        conversation=conversation,
-        conversation_label=label,
-        request_id=request_id_of(request.scope),
-        trace=tracing.traceparent(),
     )
     messages = [m.as_dict() for m in body.messages]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -115,7 +105,7 @@ async def chat_completions(request: Request, caller: Principal) -> Response:
         notice != "chunk" and replica.settings.approval_notice_as_content
     )
     meta = ChunkMeta.new(ctx.model, include_usage, as_content)
-    headers = {CONVERSATION_HEADER: conversation}
+    headers = {CONVERSATION_HEADER: ctx.conversation}
     try:
         # A refused history is recorded for the request's retries like any answer.
         events = converse(replica, ctx, await restore_history(replica, ctx, messages))

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from core import tracing
 from core.errors import (
     BodyTooLarge,
     DecisionConflict,
@@ -36,11 +35,9 @@ from core.errors import (
 from core.records import CallStatus, SessionStatus
 from gateway import decisions, sse, traces
 from gateway.auth import Principal
-from gateway.chat_context import ChatContext
 from gateway.conversation import converse, resume
 from gateway.events import ApprovalNotice, Event, TextPieces, ToolEvent
 from gateway.openapi import EventStream, Operation, Reply
-from gateway.request_ids import request_id_of
 from gateway.requests import (
     DecisionRequest,
     LegacyApproveRequest,
@@ -48,7 +45,7 @@ from gateway.requests import (
     read_json,
     validate,
 )
-from gateway.routes.completions import CONVERSATION_HEADER
+from gateway.routes.chats import CONVERSATION_HEADER, chat_context, conversation_of
 from gateway.routes.guard import replica_of, slots_of
 
 log = structlog.stdlib.get_logger(__name__)
@@ -58,21 +55,15 @@ async def chat_completion(request: Request, caller: Principal) -> Response:
     """Guarded: `requester`; refused while Redis is down."""
     replica = replica_of(request)
     body = validate(LegacyChatRequest, await read_json(request, replica.settings.max_body_bytes))
-    conversation, label = replica.conversation_ids.resolve(
-        request.headers.get("x-conversation-id", ""), caller.tenant, caller.name
-    )
     params: dict[str, Any] = {"temperature": body.temperature, "max_tokens": body.max_tokens}
-    ctx = ChatContext(
-        model=body.model or replica.settings.upstream_model,
+    ctx = chat_context(
+        request,
+        caller,
+        conversation_of(request, caller),
+        model=body.model,
         protocol="legacy",
         hold=False,
         params={k: v for k, v in params.items() if v is not None},
-        tenant=caller.tenant,
-        requester=caller.name,
-        conversation=conversation,
-        conversation_label=label,
-        request_id=request_id_of(request.scope),
-        trace=tracing.traceparent(),
     )
     messages = [m.model_dump() for m in body.messages]
     headers = {CONVERSATION_HEADER: ctx.conversation}
