@@ -163,7 +163,3 @@ class Keys:
     def jobs_group(self) -> str:
         """Consumer group of the workers on the job stream."""
         return "workers"
-
-    def wakeup_session_id(self, channel: str) -> str:
-        """The session id a wake-up channel name belongs to."""
-        return channel[channel.index("{") + 1 : channel.rindex("}")]
